@@ -1,0 +1,16 @@
+"""The SMTP stages a milter sees, in the order an MTA presents them."""
+
+from enum import Enum
+
+
+class Stage(Enum):
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    HEADER = "header"
+    EOH = "eoh"
+    BODY = "body"
+    EOM = "eom"
+    UNKNOWN = "unknown"
