@@ -1,0 +1,84 @@
+"""What every check receives, and the small helpers checks share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import catalogue
+from ..addresses import Address
+from ..decision import Action, Decision
+from ..model import Connection, Transaction
+from ..patterns import contains
+from ..rules.policy import Policy
+from ..rules.tables import Account, Domain
+from ..services import Services
+from ..stages import Stage
+
+
+@dataclass
+class Context:
+    """One evaluation: the policy pinned for the session, and the session's state."""
+
+    policy: Policy
+    services: Services
+    conn: Connection
+    txn: Transaction | None = None
+    rcpt: Address | None = None
+    bypass: frozenset[str] = frozenset()
+    _values: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def trusted(self) -> bool:
+        """Authenticated, or in the relay networks: allowed to relay and to use local senders."""
+        return self.conn.authenticated or contains(self.policy.relay_networks,
+                                                   self.conn.client_addr)
+
+    @property
+    def sender(self) -> Address:
+        assert self.txn is not None
+        return self.txn.sender
+
+    def sender_account(self) -> Account | None:
+        """The account that sends: the authenticated login's, else the sender address's."""
+        tables = self.policy.tables
+        if self.conn.authenticated:
+            return tables.account_for_login(self.conn.auth_login)
+        return tables.accounts.get(self.sender.key) if self.txn else None
+
+    def sender_domain(self) -> Domain | None:
+        return self.policy.tables.domain(self.sender.domain) if self.txn else None
+
+    def rule_values(self) -> dict[str, Any]:
+        """The facts rule conditions match against, built once per evaluation."""
+        if self._values is None:
+            self._values = {
+                "client": self.conn.client_addr,
+                "client_name": self.conn.client_name or None,
+                "helo": self.conn.helo or None,
+                "sender": self.txn.sender if self.txn else None,
+                "recipient": self.rcpt,
+                "listener": self.conn.listener or None,
+                "authenticated": self.conn.authenticated,
+            }
+        return self._values
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named check for one stage.  ``name`` is what ``permit skip=`` and the log use."""
+
+    name: str
+    stage: Stage
+    run: Callable[[Context], Decision | None]
+
+
+def reject(entry: str, check: str, rule: str, detail: str = "") -> Decision:
+    return Decision(Action.REJECT, catalogue.get(entry), rule=rule, check=check, detail=detail)
+
+
+def smallest(*limits: tuple[int, str]) -> tuple[int, str]:
+    """The smallest non-zero limit and where it is set; (0, '') when none is."""
+    set_ = [lim for lim in limits if lim[0] > 0]
+    return min(set_) if set_ else (0, "")

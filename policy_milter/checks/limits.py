@@ -1,0 +1,65 @@
+"""Recipient counts: per transaction (row 25) and per period for logged-in accounts (row 17)."""
+
+from __future__ import annotations
+
+from ..decision import Decision
+from ..rules.tables import Limits
+from .base import Context, reject, smallest
+
+CHECK = "limits"
+
+
+def too_many(ctx: Context) -> Decision | None:
+    """Row 25: the smallest non-zero of the server, sender-domain and account limits."""
+    policy = ctx.policy
+    levels = [(policy.max_recipients, policy.where["max_recipients"])]
+    for owner in (ctx.sender_domain(), ctx.sender_account()):
+        if owner is not None:
+            levels.append((owner.limits.max_recipients, owner.where))
+    limit, where = smallest(*levels)
+    assert ctx.txn is not None
+    if limit and len(ctx.txn.recipients) >= limit:
+        return reject("too_many_recipients", CHECK, where, f"limit {limit}")
+    return None
+
+
+def _rate_owner(ctx: Context) -> tuple[str, Limits, str] | None:
+    """Whose period limits apply: the logged-in account's, else its domain's."""
+    if not ctx.conn.authenticated:
+        return None
+    account = ctx.sender_account()
+    if account is not None and (account.limits.limit_messages or account.limits.limit_recipients):
+        return f"account:{account.address}", account.limits, account.where
+    name = account.address.rpartition("@")[2] if account else \
+        ctx.conn.auth_login.rpartition("@")[2]
+    domain = ctx.policy.tables.domain(name) if name else None
+    if domain is not None and (domain.limits.limit_messages or domain.limits.limit_recipients):
+        return f"domain:{domain.name}", domain.limits, domain.where
+    return None
+
+
+def account_rate(ctx: Context) -> Decision | None:
+    """Row 17: messages or recipients sent in the period are at the account's limit."""
+    owner = _rate_owner(ctx)
+    if owner is None:
+        return None
+    key, limits, where = owner
+    rates = ctx.services.rates
+    assert ctx.txn is not None
+    if limits.limit_messages:
+        count, window = limits.limit_messages
+        if rates.total(f"{key}:messages", window) >= count:
+            return reject("account_limits", CHECK, where, f"{key} sent {count} messages")
+    if limits.limit_recipients:
+        count, window = limits.limit_recipients
+        if rates.total(f"{key}:recipients", window) + len(ctx.txn.recipients) >= count:
+            return reject("account_limits", CHECK, where, f"{key} reached {count} recipients")
+    return None
+
+
+def record_sent(ctx: Context) -> None:
+    """Count an accepted message against its sender's period limits."""
+    owner = _rate_owner(ctx)
+    if owner is not None and ctx.txn is not None:
+        ctx.services.rates.record(f"{owner[0]}:messages", 1)
+        ctx.services.rates.record(f"{owner[0]}:recipients", len(ctx.txn.recipients))

@@ -1,0 +1,163 @@
+"""Command line: ``policy-milter run | check``.
+
+Exit codes: 0 success; 1 the rules have errors (each printed as path:line: message);
+2 bad command-line usage; 3 the milter could not start or stopped on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+from .engine import Engine
+from .log import DecisionLog, configure
+from .rules.policy import Policy, load
+from .rules.source import RuleErrors
+
+DEFAULT_RULES = "/etc/policy-milter"
+DEFAULT_SOCKET = "inet:8894@127.0.0.1"
+EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
+
+
+def _socket_spec(text: str) -> str:
+    if re.fullmatch(r"unix:/.+|local:/.+|inet6?:\d+(@.+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}' is not inet:PORT@HOST, inet6:PORT@HOST or "
+                                     "unix:/PATH")
+
+
+def _mode(text: str) -> int:
+    if re.fullmatch(r"0?[0-7]{3}", text):
+        return int(text, 8)
+    raise argparse.ArgumentTypeError(f"'{text}' is not an octal mode like 660")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="policy-milter", description=__doc__.split("\n")[0])
+    top.add_argument("--version", action="version", version=f"policy-milter {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+    rules_help = f"rules directory holding policy.conf (default {DEFAULT_RULES})"
+    check = sub.add_parser("check", help="validate the rules and print a summary")
+    check.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
+    run = sub.add_parser("run", help="serve the MTA")
+    run.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
+    run.add_argument("--socket", type=_socket_spec, default=DEFAULT_SOCKET,
+                     help=f"where the MTA connects (default {DEFAULT_SOCKET}, loopback only)")
+    run.add_argument("--socket-mode", type=_mode, default=0o660,
+                     help="permissions of a unix socket (default 660)")
+    run.add_argument("--log", default="stderr",
+                     help="stderr (default), syslog[:FACILITY] or file:PATH")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--timeout", type=int, default=600,
+                     help="seconds to wait for the MTA before dropping a connection")
+    return top
+
+
+def _load(rules: str) -> Policy | None:
+    try:
+        return load(rules)
+    except RuleErrors as err:
+        for line in err.errors:
+            print(line, file=sys.stderr)
+        print(f"{len(err.errors)} error(s) in {rules}", file=sys.stderr)
+        return None
+
+
+def check(args: argparse.Namespace) -> int:
+    policy = _load(args.rules)
+    if policy is None:
+        return EXIT_RULES
+    print("\n".join(policy.summary()))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        log = DecisionLog(configure(args.log, args.log_level))
+    except (ValueError, OSError) as err:
+        print(f"policy-milter: cannot log to {args.log}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    policy = _load(args.rules)
+    if policy is None:
+        return EXIT_RULES
+    engine = Engine(policy, log=log)
+    return Server(engine, log, args).serve()
+
+
+class Server:
+    """Runs libmilter in a thread while the main thread waits for signals.
+
+    libmilter's own signal thread treats SIGHUP as "stop".  Signals are blocked before
+    any thread starts and the main thread waits for them with sigwait(); Linux hands a
+    process-directed signal to the thread group leader when it waits for it, so SIGHUP
+    reloads the rules here and never reaches libmilter.
+    """
+
+    SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+
+    def __init__(self, engine: Engine, log: DecisionLog, args: argparse.Namespace) -> None:
+        self.engine, self.log, self.args = engine, log, args
+        self.error: BaseException | None = None
+
+    def serve(self) -> int:
+        from .milter import serve, stop  # the adapter loads pymilter only when serving
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        path = self.args.socket.partition(":")[2]
+        if self.args.socket.startswith(("unix:", "local:")):
+            os.umask(0o777 & ~self.args.socket_mode)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        main = threading.main_thread().ident
+        worker = threading.Thread(target=self._milter, args=(serve, main), daemon=True)
+        worker.start()
+        self.log.event("start", version=__version__, socket=self.args.socket,
+                       rules=self.args.rules, pid=os.getpid())
+        while worker.is_alive():
+            sig = signal.sigwait(self.SIGNALS)
+            if sig == signal.SIGHUP:
+                self.reload()
+            elif sig in (signal.SIGTERM, signal.SIGINT):
+                self.log.event("stop", signal=signal.Signals(sig).name)
+                stop()
+                worker.join(timeout=30)
+        if self.error is not None:
+            self.log.event("error", level=logging.ERROR, error=str(self.error))
+            return EXIT_RUNTIME
+        return 0
+
+    def _milter(self, serve, main: int | None) -> None:  # type: ignore[no-untyped-def]
+        try:
+            serve(self.engine, self.args.socket, timeout=self.args.timeout)
+        except Exception as err:  # bind failures and the like end the process
+            self.error = err
+        finally:
+            if main is not None:
+                signal.pthread_kill(main, signal.SIGUSR1)  # wake the main thread
+
+    def reload(self) -> None:
+        try:
+            policy = load(self.args.rules)
+        except RuleErrors as err:
+            for line in err.errors:
+                self.log.event("reload_error", level=logging.ERROR, error=line)
+            self.log.event("reload", level=logging.ERROR, status="failed",
+                           errors=len(err.errors), kept="previous rules")
+            return
+        self.engine.reload(policy)
+        self.log.event("reload", status="ok", rules=self.args.rules)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return check(args) if args.command == "check" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What a check or rule answers, and where that answer came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .catalogue import Entry
+
+
+class Action(Enum):
+    """Postfix-style answers: the first one that is not CONTINUE decides the stage."""
+
+    CONTINUE = "continue"
+    PERMIT = "permit"  # a white entry: skip the later checks it names
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+    DISCARD = "discard"  # accept and drop (the whole message, or one recipient at RCPT)
+    QUARANTINE = "quarantine"  # hold in the MTA's queue
+    ADD_HEADER = "add-header"
+
+
+STOPPING = frozenset({Action.REJECT, Action.TEMPFAIL, Action.DISCARD})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decisive answer; ``rule`` is the ``path:line`` (or setting) that produced it."""
+
+    action: Action
+    entry: Entry | None = None
+    rule: str = ""
+    check: str = ""
+    detail: str = ""
+    skip: frozenset[str] = frozenset()
+    header: tuple[str, str] | None = None
+    reason: str = ""  # quarantine reason
+    monitor: bool = False
+
+    @property
+    def stops(self) -> bool:
+        """Whether this answer ends the transaction (or recipient) for the client."""
+        return self.action in STOPPING
+
+    def reply_line(self) -> str:
+        return self.entry.reply_line() if self.entry else ""
+
+
+CONTINUE = Decision(Action.CONTINUE)

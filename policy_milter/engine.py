@@ -1,0 +1,296 @@
+"""The policy engine: walks each stage's checks, first decisive answer wins.
+
+Pure: it never imports pymilter.  The adapter calls one Session method per milter
+callback and turns the returned Decision into a reply.  A check that raises
+DependencyError gets the configured failure action; any other exception becomes a
+logged tempfail, never a crash and never a silent pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import catalogue
+from .addresses import Address
+from .checks import access, auth, limits, protocol, recipients, relay, size
+from .checks.base import Check, Context
+from .decision import CONTINUE, Action, Decision
+from .log import DecisionLog
+from .model import Connection, Transaction, client_ip
+from .rules.policy import Policy
+from .services import DependencyError, Services
+from .stages import Stage
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the adapter must negotiate with the MTA for this policy."""
+
+    callbacks: frozenset[Stage]
+    noreply: frozenset[Stage]
+    actions: frozenset[str]  # 'addheader', 'delrcpt', 'quarantine'
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A policy and the checks it switches on, per stage, in evaluation order."""
+
+    policy: Policy
+    checks: dict[Stage, tuple[Check, ...]]
+    counts_size: bool
+    needs: Needs
+
+    @classmethod
+    def build(cls, policy: Policy) -> Plan:
+        rule_checks = [c for rl in policy.rule_lists for c in access.checks(rl)]
+        counts_size = size.limits_configured(policy)
+        helo_checks = policy.check_helo_syntax or policy.reject_repeated_helo
+        plan: dict[Stage, list[Check]] = {
+            Stage.HELO: [Check(protocol.CHECK, Stage.HELO, protocol.helo)] if helo_checks else [],
+            Stage.MAIL: [
+                *([Check(protocol.CHECK, Stage.MAIL, protocol.helo_required)]
+                  if policy.require_helo else []),
+                Check(size.CHECK, Stage.MAIL, size.declared_mail),
+                Check(auth.CHECK, Stage.MAIL, auth.required),
+                *(c for c in rule_checks if c.stage is Stage.MAIL),
+                *([Check("local_sender", Stage.MAIL, auth.local_sender)]
+                  if policy.local_sender_requires_auth else []),
+            ],
+            Stage.RCPT: [
+                Check(relay.CHECK, Stage.RCPT, relay.relay),
+                Check(recipients.CHECK, Stage.RCPT, recipients.known),
+                Check(auth.CHECK, Stage.RCPT, auth.local_only),
+                Check(limits.CHECK, Stage.RCPT, limits.account_rate),
+                Check(limits.CHECK, Stage.RCPT, limits.too_many),
+                Check(size.CHECK, Stage.RCPT, size.declared_rcpt),
+                *(c for c in rule_checks if c.stage is Stage.RCPT),
+            ],
+            Stage.DATA: [Check(protocol.CHECK, Stage.DATA, protocol.has_recipients)],
+            Stage.EOM: [
+                Check(protocol.CHECK, Stage.EOM, protocol.has_recipients),
+                *([Check(size.CHECK, Stage.EOM, size.counted)] if counts_size else []),
+            ],
+        }
+        decisions = [r.decision for rl in policy.rule_lists
+                     for index in (rl.mail, rl.rcpt) for r in index.rules]
+        actions = {"addheader": Action.ADD_HEADER, "quarantine": Action.QUARANTINE,
+                   "delrcpt": Action.DISCARD}
+        callbacks = {Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA,
+                     Stage.UNKNOWN, Stage.EOM}
+        if counts_size:
+            callbacks |= {Stage.HEADER, Stage.BODY}
+        needs = Needs(
+            callbacks=frozenset(callbacks),
+            noreply=frozenset({Stage.CONNECT, Stage.HEADER, Stage.BODY}
+                              | (set() if helo_checks else {Stage.HELO})),
+            actions=frozenset(name for name, action in actions.items()
+                              if any(d.action is action for d in decisions)),
+        )
+        return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs)
+
+
+@dataclass
+class Outcome:
+    """End of message: the decision, and what to change in the message when it passes."""
+
+    decision: Decision
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    delete_recipients: list[str] = field(default_factory=list)
+    quarantine: str = ""
+
+
+class Engine:
+    """Holds the current plan; a reload swaps it whole, sessions keep the one they began with."""
+
+    def __init__(self, policy: Policy, services: Services | None = None,
+                 log: DecisionLog | None = None) -> None:
+        self.services = services or Services()
+        self.log = log or DecisionLog()
+        self.plan = Plan.build(policy)
+
+    def reload(self, policy: Policy) -> None:
+        self.plan = Plan.build(policy)
+
+    def session(self) -> Session:
+        return Session(self.plan, self.services, self.log)
+
+
+def _guarded(method: F) -> F:
+    """Any unexpected error in a stage is logged and answered with a tempfail."""
+    @functools.wraps(method)
+    def wrapper(self: Session, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return method(self, *args)
+        except Exception as err:  # the last line of defence: never crash, never pass
+            stage = Stage(method.__name__)
+            self.log.internal_error(stage, self.conn, self.txn, err)
+            failed = Decision(Action.TEMPFAIL, catalogue.DEFAULT_TEMPFAIL, rule="builtin:internal",
+                              check="internal", detail=f"{type(err).__name__}: {err}")
+            self.log.decision(stage, self.conn, self.txn, None, failed, started)
+            return Outcome(failed) if stage is Stage.EOM else failed
+    return wrapper  # type: ignore[return-value]
+
+
+class Session:
+    """One SMTP connection as the engine sees it."""
+
+    def __init__(self, plan: Plan, services: Services, log: DecisionLog) -> None:
+        self.plan = plan
+        self.policy = plan.policy
+        self.services = services
+        self.log = log
+        self.conn = Connection()
+        self.txn: Transaction | None = None
+
+    def _context(self, rcpt: Address | None = None) -> Context:
+        bypass = self.txn.bypass if self.txn else frozenset()
+        return Context(self.policy, self.services, self.conn, self.txn, rcpt, bypass)
+
+    def _run(self, stage: Stage, ctx: Context, started: float) -> Decision:
+        """Walk the stage's checks; return the first decision that stops the client."""
+        for check in self.plan.checks.get(stage, ()):
+            if check.name in ctx.bypass:
+                continue
+            decision = self._ask(check, ctx)
+            if decision is None or decision.action is Action.CONTINUE:
+                continue
+            monitored = decision.stops and (decision.monitor or self.policy.monitor)
+            if monitored:
+                decision = Decision(**{**vars(decision), "monitor": True})
+            self.log.decision(stage, self.conn, self.txn, ctx.rcpt, decision, started)
+            if monitored:
+                continue
+            if decision.action is Action.PERMIT:
+                ctx.bypass |= decision.skip
+            elif decision.action in (Action.QUARANTINE, Action.ADD_HEADER) and self.txn:
+                self.txn.deferred.append(decision)
+            elif decision.action is Action.DISCARD and stage is Stage.RCPT and self.txn:
+                return decision
+            elif decision.stops:
+                return decision
+        return CONTINUE
+
+    def _ask(self, check: Check, ctx: Context) -> Decision | None:
+        try:
+            return check.run(ctx)
+        except DependencyError as err:
+            detail = f"{err.service} failed: {err}"
+            if self.policy.failure_action == "accept":
+                self.log.dependency_failure(check.name, self.conn, self.txn, detail, "accept")
+                return None
+            return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=f"service:{err.service}",
+                            check=check.name, detail=detail)
+
+    def _stopped(self, stage: Stage, decision: Decision, started: float,
+                 rcpt: Address | None = None) -> Decision:
+        self.log.decision(stage, self.conn, self.txn, rcpt, decision, started)
+        return decision
+
+    @_guarded
+    def connect(self, address: str | None, name: str, listener: str) -> Decision:
+        self.conn.client_addr = client_ip(address)
+        self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name
+        self.conn.listener = listener
+        return CONTINUE
+
+    @_guarded
+    def helo(self, name: str, tls: bool) -> Decision:
+        started = time.perf_counter()
+        if tls and not self.conn.tls:
+            self.conn.helo_count = 0  # STARTTLS starts the session over (RFC 3207)
+        self.conn.tls = tls
+        self.conn.helo_count += 1
+        self.conn.helo = name
+        return self._run(Stage.HELO, self._context(), started)
+
+    @_guarded
+    def mail(self, arg: str, params: Sequence[str], auth_login: str, queue_id: str) -> Decision:
+        started = time.perf_counter()
+        self.txn = None
+        self.conn.auth_login = auth_login
+        parsed = protocol.parse_command(arg, params, mail=True)
+        if isinstance(parsed, Decision):
+            return self._stopped(Stage.MAIL, parsed, started)
+        sender, parsed_params, declared = parsed
+        self.txn = Transaction(sender, parsed_params, declared, queue_id)
+        decision = self._run(Stage.MAIL, self._context(), started)
+        if decision.stops:
+            self.txn = None
+        return decision
+
+    @_guarded
+    def rcpt(self, arg: str, params: Sequence[str], queue_id: str) -> Decision:
+        started = time.perf_counter()
+        if self.txn is None:
+            return self._stopped(Stage.RCPT, protocol.reject(
+                "bad_sequence", protocol.CHECK, "builtin:sequence", "RCPT before MAIL"), started)
+        self.txn.queue_id = queue_id or self.txn.queue_id
+        parsed = protocol.parse_command(arg, params, mail=False)
+        if isinstance(parsed, Decision):
+            return self._stopped(Stage.RCPT, parsed, started)
+        rcpt = parsed[0]
+        decision = self._run(Stage.RCPT, self._context(rcpt), started)
+        if decision.action is Action.DISCARD:
+            self.txn.discarded.append(rcpt)
+        elif decision.stops:
+            return decision
+        self.txn.recipients.append(rcpt)
+        return CONTINUE
+
+    @_guarded
+    def data(self, queue_id: str) -> Decision:
+        started = time.perf_counter()
+        if self.txn is not None:
+            self.txn.queue_id = queue_id or self.txn.queue_id
+        return self._run(Stage.DATA, self._context(), started)
+
+    def count(self, octets: int) -> None:
+        """Add header or body octets to the message size (only negotiated when limits exist)."""
+        if self.txn is not None:
+            self.txn.size += octets
+
+    @_guarded
+    def eom(self, queue_id: str) -> Outcome:
+        started = time.perf_counter()
+        txn = self.txn
+        if txn is not None:
+            txn.queue_id = queue_id or txn.queue_id
+            txn.size += 2 if self.plan.counts_size else 0  # the empty line after the header
+        ctx = self._context()
+        decision = self._run(Stage.EOM, ctx, started)
+        self.txn = None
+        if decision.stops or txn is None:
+            return Outcome(decision)
+        if txn.discarded and len(txn.discarded) == len(txn.recipients):
+            dropped = Decision(Action.DISCARD, catalogue.get("deleted_by_filter"),
+                               rule="builtin:every-recipient-discarded", check="discard")
+            self.log.decision(Stage.EOM, self.conn, txn, None, dropped, started)
+            return Outcome(dropped)
+        return self._accept(ctx, txn, started)
+
+    def _accept(self, ctx: Context, txn: Transaction, started: float) -> Outcome:
+        limits.record_sent(ctx)
+        outcome = Outcome(CONTINUE)
+        for decision in txn.deferred:
+            if decision.action is Action.ADD_HEADER and decision.header:
+                outcome.add_headers.append(decision.header)
+            elif decision.action is Action.QUARANTINE and not outcome.quarantine:
+                outcome.quarantine = decision.reason
+        outcome.delete_recipients = [str(r) for r in txn.discarded]
+        self.log.accepted(self.conn, txn, outcome.quarantine, started)
+        return outcome
+
+    @_guarded
+    def unknown(self, command: str) -> Decision:
+        started = time.perf_counter()
+        return self._stopped(Stage.UNKNOWN, protocol.unknown(self._context(), command), started)
+
+    def abort(self) -> None:
+        self.txn = None

@@ -1,0 +1,140 @@
+"""The log line format: one logfmt line per decision, safe for any input.
+
+    event=decision qid=4ZxK1 stage=rcpt client=192.0.2.7 client_name=mx.example.net
+    helo=mx.example.net sender=a@example.net rcpt=b@example.com rule=rules/access:12
+    check=access action=reject reply="550 5.7.1 Access not allowed" monitor=no
+    duration_ms=0.180 detail="..."
+
+(one line in the log).  Values are quoted when they need it; quotes, backslashes,
+control characters and undecodable bytes are escaped, so a hostile HELO cannot forge a
+line.  Field names never change meaning; new fields are only added at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+import time
+import traceback
+from typing import Any
+
+from .addresses import Address
+from .decision import Decision
+from .model import Connection, Transaction
+from .stages import Stage
+
+LOGGER = "policy_milter"
+_BARE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=', '\\'
+_ESCAPE = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote(value: object) -> str:
+    """A logfmt value: bare when safe, else double-quoted with escapes."""
+    text = str(value)
+    if _BARE.fullmatch(text):
+        return text
+    out = []
+    for ch in text:
+        if ch in _ESCAPE:
+            out.append(_ESCAPE[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+    return '"' + "".join(out) + '"'
+
+
+def fields(**values: Any) -> str:
+    return " ".join(f"{k}={quote(v)}" for k, v in values.items())
+
+
+def _address(addr: Address | None) -> str:
+    return "" if addr is None else (addr.key or "<>")
+
+
+class DecisionLog:
+    """Writes the milter's log lines through the standard logging module."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger(LOGGER)
+
+    def _session(self, conn: Connection, txn: Transaction | None) -> dict[str, Any]:
+        return {
+            "qid": txn.queue_id if txn else "",
+            "client": conn.client_addr or "",
+            "client_name": conn.client_name,
+            "helo": conn.helo or "",
+            "sender": _address(txn.sender) if txn else "",
+        }
+
+    def decision(self, stage: Stage, conn: Connection, txn: Transaction | None,
+                 rcpt: Address | None, decision: Decision, started: float) -> None:
+        self.logger.info(fields(
+            event="decision", stage=stage.value, **self._session(conn, txn),
+            rcpt=_address(rcpt), rule=decision.rule, check=decision.check,
+            action=decision.action.value, reply=decision.reply_line(),
+            monitor="yes" if decision.monitor else "no",
+            duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
+            detail=decision.detail))
+
+    def accepted(self, conn: Connection, txn: Transaction, quarantine: str,
+                 started: float) -> None:
+        self.logger.info(fields(
+            event="decision", stage="eom", **self._session(conn, txn),
+            rcpt=",".join(_address(r) for r in txn.recipients), rule="", check="",
+            action="quarantine" if quarantine else "accept", reply="", monitor="no",
+            duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
+            detail=quarantine))
+
+    def internal_error(self, stage: Stage, conn: Connection, txn: Transaction | None,
+                       err: BaseException) -> None:
+        trace = "".join(traceback.format_exception(err)).strip()
+        self.logger.error(fields(event="internal_error", stage=stage.value,
+                                 **self._session(conn, txn), error=repr(err), trace=trace))
+
+    def dependency_failure(self, check: str, conn: Connection, txn: Transaction | None,
+                           detail: str, action: str) -> None:
+        self.logger.warning(fields(event="dependency_failure", check=check,
+                                   **self._session(conn, txn), action=action, detail=detail))
+
+    def event(self, event: str, level: int = logging.INFO, **values: Any) -> None:
+        self.logger.log(level, fields(event=event, **values))
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, stamped: bool) -> None:
+        super().__init__()
+        self.stamped = stamped
+
+    def format(self, record: logging.LogRecord) -> str:
+        head = f"level={record.levelname.lower()} {record.getMessage()}"
+        if not self.stamped:
+            return f"policy-milter: {head}"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"ts={stamp}.{int(record.msecs):03d}Z {head}"
+
+
+def configure(target: str, level: str = "info") -> logging.Logger:
+    """``stderr``, ``syslog`` (or ``syslog:FACILITY``), or ``file:PATH`` (reopened after
+    logrotate moves it)."""
+    logger = logging.getLogger(LOGGER)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(level.upper())
+    handler: logging.Handler
+    if target == "stderr":
+        handler = logging.StreamHandler(sys.stderr)
+    elif target.startswith("syslog"):
+        facility = target.partition(":")[2] or "mail"
+        handler = logging.handlers.SysLogHandler(
+            "/dev/log", logging.handlers.SysLogHandler.facility_names[facility])
+    elif target.startswith("file:"):
+        handler = logging.handlers.WatchedFileHandler(target[len("file:"):])
+    else:
+        raise ValueError(f"unknown log target '{target}' (stderr, syslog[:FACILITY], file:PATH)")
+    handler.setFormatter(_Formatter(stamped=not target.startswith("syslog")))
+    logger.addHandler(handler)
+    return logger

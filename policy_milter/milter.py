@@ -1,0 +1,177 @@
+"""The pymilter adapter: the only module that imports Milter.
+
+It translates callbacks into Session calls and Decisions into replies, and negotiates
+with the MTA only the callbacks, replies, actions and macros the loaded policy needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import Milter
+import milter as libmilter  # pymilter's C module: stop() and the exception policy
+
+from . import catalogue
+from .decision import Action, Decision
+from .engine import Engine, Outcome
+from .log import DecisionLog
+from .stages import Stage
+
+# Stage -> (pymilter callback name, "do not send" bit, "no reply" bit)
+_CALLBACK_BITS = {
+    Stage.CONNECT: (Milter.P_NOCONNECT, Milter.P_NR_CONN),
+    Stage.HELO: (Milter.P_NOHELO, Milter.P_NR_HELO),
+    Stage.MAIL: (Milter.P_NOMAIL, Milter.P_NR_MAIL),
+    Stage.RCPT: (Milter.P_NORCPT, Milter.P_NR_RCPT),
+    Stage.DATA: (Milter.P_NODATA, Milter.P_NR_DATA),
+    Stage.UNKNOWN: (Milter.P_NOUNKNOWN, Milter.P_NR_UNKN),
+    Stage.HEADER: (Milter.P_NOHDRS, Milter.P_NR_HDR),
+    Stage.EOH: (Milter.P_NOEOH, Milter.P_NR_EOH),
+    Stage.BODY: (Milter.P_NOBODY, Milter.P_NR_BODY),
+}
+_ACTION_BITS = {"addheader": Milter.ADDHDRS, "delrcpt": Milter.DELRCPT,
+                "quarantine": Milter.QUARANTINE}
+# The macros each stage reads; requested so the MTA sends these and nothing else.
+MACROS = {
+    Milter.M_CONNECT: "{daemon_name}",
+    Milter.M_HELO: "{tls_version}",
+    Milter.M_ENVFROM: "i {auth_authen}",
+    Milter.M_ENVRCPT: "i",
+    Milter.M_DATA: "i",
+    Milter.M_EOM: "i",
+}
+
+
+def _safe(stage: Stage) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Whatever goes wrong in the adapter itself is logged and answered with a tempfail."""
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self: PolicyMilter, *args: Any) -> Any:
+            try:
+                return method(self, *args)
+            except Exception as err:  # never let an exception reach libmilter
+                self.log.internal_error(stage, self.session.conn, self.session.txn, err)
+                if self._protocol & _CALLBACK_BITS.get(stage, (0, 0))[1]:
+                    return Milter.NOREPLY
+                self.setreply(*catalogue.DEFAULT_TEMPFAIL.setreply_args())
+                return Milter.TEMPFAIL
+        return wrapper
+    return wrap
+
+
+class PolicyMilter(Milter.Base):
+    """One MTA connection.  Holds a Session; all policy lives in the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.session = engine.session()
+        self.log: DecisionLog = engine.log
+        self._protocol = 0
+
+    def negotiate(self, opts: list[int]) -> int:
+        needs = self.session.plan.needs
+        offered_actions, offered_protocol = opts[0], opts[1]
+        wanted = 0
+        for stage, (no_bit, no_reply_bit) in _CALLBACK_BITS.items():
+            if stage not in needs.callbacks:
+                wanted |= no_bit
+            elif stage in needs.noreply:
+                wanted |= no_reply_bit
+        actions = Milter.SETSYMLIST
+        for name in needs.actions:
+            actions |= _ACTION_BITS[name]
+        self._actions = offered_actions & actions
+        self._protocol = offered_protocol & wanted
+        opts[0], opts[1], opts[2], opts[3] = self._actions, self._protocol, 0, 0
+        if self._actions & Milter.SETSYMLIST:
+            for stage, macros in MACROS.items():
+                self.setsymlist(stage, macros)
+        return Milter.CONTINUE
+
+    def _macro(self, name: str) -> str:
+        return self.getsymval(name) or ""
+
+    def _answer(self, decision: Decision, stage: Stage) -> int:
+        if decision.action in (Action.REJECT, Action.TEMPFAIL) and decision.entry:
+            self.setreply(*decision.entry.setreply_args())
+            return Milter.REJECT if decision.action is Action.REJECT else Milter.TEMPFAIL
+        if decision.action is Action.DISCARD:
+            return Milter.DISCARD
+        if self._protocol & _CALLBACK_BITS.get(stage, (0, 0))[1]:
+            return Milter.NOREPLY
+        return Milter.CONTINUE
+
+    @_safe(Stage.CONNECT)
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        inet = family in (socket.AF_INET, socket.AF_INET6) and hostaddr
+        address = hostaddr[0] if inet else None
+        decision = self.session.connect(address, hostname or "", self._macro("{daemon_name}"))
+        return self._answer(decision, Stage.CONNECT)
+
+    @_safe(Stage.HELO)
+    def hello(self, name: str) -> int:
+        decision = self.session.helo(name, bool(self._macro("{tls_version}")))
+        return self._answer(decision, Stage.HELO)
+
+    @_safe(Stage.MAIL)
+    def envfrom(self, sender: str, *params: str) -> int:
+        decision = self.session.mail(sender, params, self._macro("{auth_authen}"),
+                                     self._macro("i"))
+        return self._answer(decision, Stage.MAIL)
+
+    @_safe(Stage.RCPT)
+    def envrcpt(self, recipient: str, *params: str) -> int:
+        return self._answer(self.session.rcpt(recipient, params, self._macro("i")), Stage.RCPT)
+
+    @_safe(Stage.DATA)
+    def data(self) -> int:
+        return self._answer(self.session.data(self._macro("i")), Stage.DATA)
+
+    @_safe(Stage.HEADER)
+    def header_bytes(self, name: bytes | str, value: bytes) -> int:
+        self.session.count(len(name) + len(value) + 4)  # "Name: value\r\n"
+        return self._answer(Decision(Action.CONTINUE), Stage.HEADER)
+
+    @_safe(Stage.BODY)
+    def body(self, chunk: bytes) -> int:
+        self.session.count(len(chunk))
+        return self._answer(Decision(Action.CONTINUE), Stage.BODY)
+
+    @_safe(Stage.UNKNOWN)
+    def unknown(self, command: str | bytes) -> int:
+        if isinstance(command, bytes):
+            command = command.decode("utf-8", "surrogateescape")
+        return self._answer(self.session.unknown(command), Stage.UNKNOWN)
+
+    @_safe(Stage.EOM)
+    def eom(self) -> int:
+        outcome: Outcome = self.session.eom(self._macro("i"))
+        if not outcome.decision.stops:
+            for name, value in outcome.add_headers:
+                self.addheader(name, value)
+            for rcpt in outcome.delete_recipients:
+                self.delrcpt(rcpt)
+            if outcome.quarantine:
+                self.quarantine(outcome.quarantine)
+        return self._answer(outcome.decision, Stage.EOM)
+
+    def abort(self) -> int:
+        self.session.abort()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        return Milter.CONTINUE
+
+
+def serve(engine: Engine, socket_spec: str, name: str = "policy-milter",
+          timeout: int = 600) -> None:
+    """Serve until libmilter stops (``stop()``); blocks the calling thread."""
+    Milter.factory = lambda: PolicyMilter(engine)
+    libmilter.set_exception_policy(Milter.TEMPFAIL)
+    Milter.runmilter(name, socket_spec, timeout)
+
+
+def stop() -> None:
+    libmilter.stop()

@@ -1,0 +1,1 @@
+"""Rule files: parsing, validation and the loaded, immutable policy."""

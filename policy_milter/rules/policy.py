@@ -1,0 +1,194 @@
+"""Loading a rules directory into one immutable Policy, or every error it has.
+
+The entry point is ``policy.conf``: ``name = value`` settings and ``include`` lines.
+Settings name the table and rule files; every file is read, every error collected,
+and nothing is returned unless all of it is right.  A running milter swaps in a new
+Policy whole (SIGHUP), so a half-loaded policy never exists.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..patterns import AddressPatterns, NetworkPatterns, PatternError, PatternSet
+from .rulelist import RuleList, RuleListParser
+from .source import Errors, Line, RuleErrors, parse_bool, parse_count, parse_size, read_lines
+from .tables import Tables
+
+MAIN_FILE = "policy.conf"
+# Checks a white entry (``permit skip=...``) may bypass.  Relay, recipient and protocol
+# checks are never skippable: a forged sender must not open the relay.
+SKIPPABLE = frozenset({"access", "filters", "local_sender"})
+
+
+def _patterns(kind: Callable[[], PatternSet[None]]) -> Callable[[str], PatternSet[None]]:
+    def parse(text: str) -> PatternSet[None]:
+        patterns = kind()
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            try:
+                patterns.add(item, None)
+            except PatternError as err:
+                raise ValueError(str(err)) from None
+        return patterns
+    return parse
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w.upper() for w in text.replace(",", " ").split())
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text.lower() not in allowed:
+            raise ValueError(f"'{text}' is not one of: {', '.join(allowed)}")
+        return text.lower()
+    return parse
+
+
+def _delimiter(text: str) -> str:
+    if len(text) > 1 or text.isalnum() or "@" in text:
+        raise ValueError(f"'{text}' is not a single punctuation character")
+    return text
+
+
+# name -> (parser, default).  The defaults are what a missing setting means.
+SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "monitor": (parse_bool, "no"),
+    "failure_action": (_choice("tempfail", "accept"), "tempfail"),
+    "relay_networks": (_patterns(NetworkPatterns), "127.0.0.0/8, ::1/128"),
+    "require_helo": (parse_bool, "no"),
+    "reject_repeated_helo": (parse_bool, "no"),
+    "check_helo_syntax": (parse_bool, "yes"),
+    "disallowed_commands": (_words, ""),
+    "max_recipients": (parse_count, "100"),
+    "max_message_size": (parse_size, "0"),
+    "local_sender_requires_auth": (parse_bool, "no"),
+    "recipient_delimiter": (_delimiter, ""),
+    "list_patterns": (_patterns(AddressPatterns), ""),
+}
+# Settings that name a file, and how each file is read.
+TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners")
+RULE_FILES = {"access": "access_denied", "filters": "filter_rejected"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything the engine decides from.  Never changed after load."""
+
+    source: str
+    settings: dict[str, Any]
+    where: dict[str, str]  # setting name -> 'path:line', or 'default'
+    tables: Tables
+    rule_lists: tuple[RuleList, ...] = ()
+    files: tuple[str, ...] = field(default=())
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["settings"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def summary(self) -> list[str]:
+        """What ``policy-milter check`` prints: one line per part of the policy."""
+        t = self.tables
+        lines = [f"rules: {self.source} ({len(self.files)} files)",
+                 f"domains: {len(t.domain_list)}, accounts: {len(t.accounts)}, "
+                 f"aliases: {len(t.aliases) + len(t.catchall)}, lists: {len(t.lists)}, "
+                 f"relay recipients: {len(t.relay_recipients) + len(t.relay_catchall)}, "
+                 f"listeners: {len(t.listeners)}"]
+        for rl in self.rule_lists:
+            lines.append(f"{rl.name}: {len(rl.mail.rules)} rules at MAIL, "
+                         f"{len(rl.rcpt.rules)} at RCPT")
+        lines.append("monitor mode: " + ("on" if self.settings["monitor"] else "off"))
+        return lines
+
+
+class _Loader:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.errors = Errors()
+        self.raw: dict[str, tuple[str, Line]] = {}
+        self.files: list[str] = []
+
+    def read_main(self, path: Path, seen: tuple[Path, ...]) -> None:
+        self.files.append(str(path))
+        for line in read_lines(path, str(path), self.errors):
+            words = line.text.split(None, 1)
+            if words[0] == "include":
+                self.include(line, path, words[1:], seen + (path.resolve(),))
+                continue
+            name, eq, value = line.text.partition("=")
+            name = name.strip()
+            if not eq or not name.isidentifier():
+                self.errors.add(line.where, "expected 'name = value' or 'include FILE'")
+            elif name not in SETTINGS and name not in TABLE_FILES and name not in RULE_FILES:
+                self.errors.add(line.where, f"unknown setting '{name}'")
+            elif name in self.raw:
+                self.errors.add(line.where, f"'{name}' is already set at {self.raw[name][1].where}")
+            else:
+                self.raw[name] = (value.strip(), line)
+
+    def include(self, line: Line, current: Path, args: list[str], seen: tuple[Path, ...]) -> None:
+        if len(args) != 1:
+            self.errors.add(line.where, "include takes one file name or pattern")
+            return
+        pattern = str(current.parent / args[0])
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for name in matches:
+            path = Path(name)
+            if path.resolve() in seen:
+                self.errors.add(line.where, f"include loop: {str(path)}")
+            elif not path.is_file():
+                self.errors.add(line.where, f"include: no such file {str(path)}")
+            else:
+                self.read_main(path, seen)
+
+    def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
+        values: dict[str, Any] = {}
+        where: dict[str, str] = {}
+        for name, (parse, default) in SETTINGS.items():
+            text, line = self.raw.get(name, (default, None))
+            try:
+                values[name] = parse(text)
+            except ValueError as err:
+                self.errors.add(line.where if line else "default", f"{name}: {err}")
+            where[name] = line.where if line else "default"
+        return values, where
+
+    def file_lines(self, name: str) -> tuple[list[Line], Path] | None:
+        if name not in self.raw or not self.raw[name][0]:
+            return None
+        text, line = self.raw[name]
+        path = Path(line.path).parent / text
+        self.files.append(str(path))
+        return read_lines(path, str(path), self.errors), path.parent
+
+
+def load(rules_dir: str | Path) -> Policy:
+    """Load ``rules_dir/policy.conf`` and everything it names; raises RuleErrors."""
+    root = Path(rules_dir)
+    loader = _Loader(root)
+    main = root / MAIN_FILE
+    if not main.is_file():
+        loader.errors.add(str(main), "no such file")
+        loader.errors.raise_if_any()
+    loader.read_main(main, ())
+    settings, where = loader.settings()
+    tables = Tables()
+    for name in TABLE_FILES:
+        got = loader.file_lines(name)
+        if got is not None:
+            getattr(tables, f"load_{name}")(got[0], loader.errors)
+            where[name] = loader.raw[name][1].where
+    rule_lists = []
+    for name, default in RULE_FILES.items():
+        got = loader.file_lines(name)
+        if got is not None:
+            parser = RuleListParser(name, default, SKIPPABLE, loader.errors)
+            rule_lists.append(parser.parse(*got))
+    loader.errors.raise_if_any()
+    return Policy(str(root), settings, where, tables, tuple(rule_lists), tuple(loader.files))

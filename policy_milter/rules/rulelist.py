@@ -1,0 +1,241 @@
+"""Ordered rule lists (the access list and the filters): conditions, then an action.
+
+    client 192.0.2.0/24                      reject
+    sender @partner.example  client 198.51.100.0/24   permit skip=access
+    recipient abuse@example.com              monitor deny
+
+A rule without a ``recipient`` condition is walked once per transaction at MAIL FROM;
+one with it, once per recipient at RCPT TO.  In each walk the first matching rule wins.
+Rules are indexed by one hashable condition each, so a list of ten thousand entries
+costs a few probes, not ten thousand comparisons.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import catalogue
+from ..catalogue import Entry, Kind
+from ..decision import Action, Decision
+from ..patterns import (AddressPatterns, DomainPatterns, NetworkPatterns, PatternError,
+                        PatternSet)
+from ..stages import Stage
+from .source import Errors, Line, parse_bool, read_lines
+
+FIELDS: dict[str, Callable[[], PatternSet[None]]] = {
+    "client": NetworkPatterns,
+    "client_name": DomainPatterns,
+    "helo": DomainPatterns,
+    "sender": AddressPatterns,
+    "recipient": AddressPatterns,
+    "listener": PatternSet,
+}
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    texts: tuple[str, ...]
+    patterns: PatternSet[None] | None  # None for 'authenticated'
+    wanted: bool = True  # for 'authenticated yes|no'
+
+    def matches(self, values: Mapping[str, object]) -> bool:
+        value = values.get(self.field)
+        if self.patterns is None:
+            return bool(value) == self.wanted
+        return value is not None and any(True for _ in self.patterns.find(value))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Rule:
+    where: str
+    conditions: tuple[Condition, ...]
+    decision: Decision
+
+    @property
+    def stage(self) -> Stage:
+        return Stage.RCPT if any(c.field == "recipient" for c in self.conditions) else Stage.MAIL
+
+    def matches(self, values: Mapping[str, object]) -> bool:
+        return all(c.matches(values) for c in self.conditions)
+
+
+class RuleIndex:
+    """One stage's rules, found by hash probes on each rule's most selective condition."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self._scan: list[int] = []
+        self._by_field: dict[str, PatternSet[int]] = {}
+        for number, rule in enumerate(rules):
+            key = next((c for c in rule.conditions
+                        if c.patterns is not None and c.patterns.hashable()), None)
+            if key is None:
+                self._scan.append(number)
+                continue
+            index = self._by_field.setdefault(key.field, FIELDS[key.field]())  # type: ignore[assignment]
+            for text in key.texts:
+                index.add(text, number)
+
+    def first(self, values: Mapping[str, object]) -> Rule | None:
+        """The first rule, in file order, whose conditions all match."""
+        candidates = set(self._scan)
+        for field, index in self._by_field.items():
+            value = values.get(field)
+            if value is not None:
+                candidates.update(index.find(value))  # type: ignore[arg-type]
+        for number in sorted(candidates):
+            if self.rules[number].matches(values):
+                return self.rules[number]
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+
+@dataclass(frozen=True)
+class RuleList:
+    """A loaded rule file: ``name`` is the check name it reports (access, filters)."""
+
+    name: str
+    mail: RuleIndex
+    rcpt: RuleIndex
+
+
+class RuleListParser:
+    """Parses one rule file; ``default_reject`` is what a bare ``reject`` sends."""
+
+    def __init__(self, name: str, default_reject: str, skippable: frozenset[str],
+                 errors: Errors) -> None:
+        self.name = name
+        self.default_reject = catalogue.get(default_reject)
+        self.skippable = skippable
+        self.errors = errors
+
+    def parse(self, lines: list[Line], base: Path) -> RuleList:
+        rules = [r for line in lines if (r := self._rule(line, base)) is not None]
+        return RuleList(self.name, RuleIndex([r for r in rules if r.stage is Stage.MAIL]),
+                        RuleIndex([r for r in rules if r.stage is Stage.RCPT]))
+
+    def _rule(self, line: Line, base: Path) -> Rule | None:
+        words = line.words()
+        conditions: list[Condition] = []
+        while len(words) >= 2 and (words[0] in FIELDS or words[0] == "authenticated"):
+            field, value, words = words[0], words[1], words[2:]
+            condition = self._condition(field, value, line, base)
+            if condition is None:
+                return None
+            conditions.append(condition)
+        if not conditions:
+            self.errors.add(line.where, f"a rule starts with a condition ({', '.join(FIELDS)}, "
+                            f"authenticated); got '{words[0]}'")
+            return None
+        monitor = bool(words) and words[0] == "monitor"
+        words = words[1:] if monitor else words
+        if not words:
+            self.errors.add(line.where, "the rule has no action")
+            return None
+        stage = Stage.RCPT if any(c.field == "recipient" for c in conditions) else Stage.MAIL
+        decision = self._action(words, line, stage, monitor)
+        return None if decision is None else Rule(line.where, tuple(conditions), decision)
+
+    def _condition(self, field: str, value: str, line: Line, base: Path) -> Condition | None:
+        if field == "authenticated":
+            try:
+                return Condition(field, (value,), None, parse_bool(value))
+            except ValueError as err:
+                self.errors.add(line.where, f"authenticated: {err}")
+                return None
+        texts = self._texts(value, line, base)
+        patterns = FIELDS[field]()
+        ok = True
+        for text, where in texts:
+            try:
+                patterns.add(text, None)
+            except PatternError as err:
+                self.errors.add(where, f"{field}: {err}")
+                ok = False
+        return Condition(field, tuple(t for t, _ in texts), patterns) if ok else None
+
+    def _texts(self, value: str, line: Line, base: Path) -> list[tuple[str, str]]:
+        """Patterns of a condition: a comma list, or ``file:NAME`` with one per line."""
+        if not value.startswith("file:"):
+            return [(v, line.where) for v in value.split(",") if v]
+        name = value[len("file:"):]
+        path = base / name
+        label = str(Path(line.path).parent / name)
+        return [(w, entry.where) for entry in read_lines(path, label, self.errors)
+                for w in entry.words()]
+
+    def _action(self, words: list[str], line: Line, stage: Stage,
+                monitor: bool) -> Decision | None:
+        verb, args = words[0].lower(), words[1:]
+        made = dict(rule=line.where, check=self.name, monitor=monitor)
+        if verb == "permit":
+            return self._permit(args, line, made)
+        if verb in ("reject", "tempfail"):
+            if len(args) > 1:
+                self.errors.add(line.where, f"{verb} takes at most one catalogue entry name")
+                return None
+            default = self.default_reject if verb == "reject" else catalogue.get("state_tempfail")
+            entry = self._entry(args[0] if args else default.name, verb, stage, line)
+            return entry and Decision(Action(verb), entry, **made)
+        if verb in ("deny", "discard") and not args:
+            name = "permission_denied" if verb == "deny" else "deleted_by_filter"
+            action = Action.REJECT if verb == "deny" else Action.DISCARD
+            return Decision(action, catalogue.get(name), **made)
+        if verb == "quarantine":
+            return Decision(Action.QUARANTINE, reason=" ".join(args) or line.where, **made)
+        if verb == "add_header":
+            return self._add_header(" ".join(args), line, made)
+        self.errors.add(line.where, f"unknown action '{' '.join(words)}' (expected permit, "
+                        "reject, tempfail, deny, discard, quarantine or add_header)")
+        return None
+
+    def _permit(self, args: list[str], line: Line, made: dict[str, object]) -> Decision | None:
+        skip = {"access"}
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if name != "skip" or not eq:
+                self.errors.add(line.where, f"permit takes skip=CHECK,...; got '{arg}'")
+                return None
+            skip = set(value.split(","))
+            unknown = skip - self.skippable - {"all"}
+            if unknown:
+                self.errors.add(line.where, f"permit cannot skip {', '.join(sorted(unknown))} "
+                                f"(skippable: all, {', '.join(sorted(self.skippable))})")
+                return None
+        if "all" in skip:
+            skip = set(self.skippable)
+        return Decision(Action.PERMIT, skip=frozenset(skip), **made)  # type: ignore[arg-type]
+
+    def _add_header(self, text: str, line: Line, made: dict[str, object]) -> Decision | None:
+        name, colon, value = text.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name.strip()) or not value.strip():
+            self.errors.add(line.where, "add_header takes 'Name: value'")
+            return None
+        return Decision(Action.ADD_HEADER, header=(name.strip(), value.strip()),  # type: ignore[arg-type]
+                        **made)
+
+    def _entry(self, name: str, verb: str, stage: Stage, line: Line) -> Entry | None:
+        try:
+            entry = catalogue.get(name)
+        except catalogue.UnknownEntry:
+            self.errors.add(line.where, f"unknown catalogue entry '{name}'")
+            return None
+        if entry.kind is not Kind.REPLY:
+            self.errors.add(line.where, f"'{name}' is not a reply the milter can send")
+        elif entry.temporary != (verb == "tempfail"):
+            kind = "a 4xx" if verb == "tempfail" else "a 5xx"
+            self.errors.add(line.where, f"{verb} needs {kind} entry; '{name}' is "
+                            f"{entry.code}")
+        elif stage not in entry.stages:
+            self.errors.add(line.where, f"'{name}' cannot be sent at {stage.value.upper()} "
+                            "(where this rule is decided)")
+        else:
+            return entry
+        return None

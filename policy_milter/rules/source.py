@@ -1,0 +1,117 @@
+"""Reading rule files into logical lines, and collecting every error with its place.
+
+All rule files share one lexical form: ``#`` starts a comment (at the start of a line or
+after white space), blank lines are ignored, and a line that starts with white space
+continues the previous one, as in Postfix's main.cf and map files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+@dataclass(frozen=True)
+class Line:
+    """One logical line of a rule file."""
+
+    path: str
+    number: int
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.number}"
+
+    def words(self) -> list[str]:
+        """White-space separated words, with comma lists (``a, b``) kept as one word."""
+        return re.sub(r"\s*,\s*", ",", self.text).split()
+
+
+class RuleErrors(Exception):
+    """Every problem found in a set of rule files, each as ``path:line: message``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class Errors:
+    """Collects errors so that a load reports all of them at once."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise RuleErrors(self.items)
+
+
+def read_lines(path: Path, label: str, errors: Errors) -> list[Line]:
+    """The logical lines of ``path``; ``label`` is how messages name the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        errors.add(label, f"cannot read: {err.strerror or err}")
+        return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        errors.add(f"{label}:{line}", "not valid UTF-8")
+        return []
+    lines: list[Line] = []
+    for number, physical in enumerate(text.splitlines(), start=1):
+        content = _COMMENT.sub("", physical).rstrip()
+        if not content.strip():
+            continue
+        if content[0] in " \t":
+            if not lines:
+                errors.add(f"{label}:{number}", "continuation line with nothing to continue")
+                continue
+            prev = lines[-1]
+            lines[-1] = Line(prev.path, prev.number, f"{prev.text} {content.strip()}")
+        else:
+            lines.append(Line(label, number, content.strip()))
+    return lines
+
+
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str) -> int:
+    """``0``, ``512K``, ``25M``, ``1G`` -> octets (binary units, as Postfix's docs count)."""
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    if not m:
+        raise ValueError(f"'{text}' is not a size (a number with an optional K, M or G)")
+    return int(m.group(1)) * SIZE_UNITS[m.group(2).lower()]
+
+
+def parse_count(text: str) -> int:
+    if not re.fullmatch(r"\d+", text):
+        raise ValueError(f"'{text}' is not a whole number")
+    return int(text)
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """``100/1h`` -> (100, 3600): at most 100 in any hour."""
+    m = re.fullmatch(r"(\d+)/(\d*)([smhd])", text)
+    if not m:
+        raise ValueError(f"'{text}' is not a rate (like 100/1h: a count per s, m, h or d)")
+    return int(m.group(1)), int(m.group(2) or 1) * PERIOD_UNITS[m.group(3)]
+
+
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("yes", "true", "on", "1"):
+        return True
+    if low in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"'{text}' is not yes or no")

@@ -1,0 +1,245 @@
+"""The admin's tables: domains, accounts, aliases, mailing lists, relay recipients, listeners.
+
+Each is a Postfix-map-like file: a key, then words.  Words are flags (``local-only``) or
+``name=value`` attributes; which ones a table takes is declared once here, so a typo is
+a load error with its ``path:line``, never a silently ignored word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..addresses import AddressError, parse_path
+from ..patterns import DomainPatterns, PatternError, domain_name
+from .source import Errors, Line, parse_count, parse_rate, parse_size
+
+
+class DomainKind(Enum):
+    LOCAL = "local"  # mailboxes here: unknown recipients are refused
+    RELAY = "relay"  # backup MX: accepted from anyone, checked against relay_recipients
+    LIST = "list"  # mailing lists only
+    REMOTE = "remote"  # not ours: listed only to give its senders a policy
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-level limits; 0 or None means no limit at this level."""
+
+    max_recipients: int = 0
+    max_size: int = 0  # message size the sender may send
+    max_receive_size: int = 0  # message size a recipient may receive
+    limit_messages: tuple[int, int] | None = None  # (count, seconds), authenticated senders
+    limit_recipients: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    kind: DomainKind
+    where: str
+    limits: Limits = Limits()
+    require_auth: bool = False
+
+    @property
+    def local(self) -> bool:
+        """Mail for it is delivered here (what 'local domains only' allows)."""
+        return self.kind in (DomainKind.LOCAL, DomainKind.LIST)
+
+
+@dataclass(frozen=True)
+class Account:
+    address: str
+    where: str
+    limits: Limits = Limits()
+    local_only: bool = False
+    moved: bool = False
+    login: str = ""
+
+
+@dataclass(frozen=True)
+class MailingList:
+    address: str
+    where: str
+    members_only: bool
+    members: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    where: str
+    require_auth: bool = False
+    max_size: int = 0
+
+
+_LIMIT_ATTRS: dict[str, Callable[[str], Any]] = {
+    "max_recipients": parse_count,
+    "max_size": parse_size,
+    "max_receive_size": parse_size,
+    "limit_messages": parse_rate,
+    "limit_recipients": parse_rate,
+}
+
+
+def _attrs(words: list[str], line: Line, errors: Errors, flags: set[str],
+           attrs: dict[str, Callable[[str], Any]]) -> tuple[set[str], dict[str, Any]]:
+    """Split words into known flags and parsed attributes, reporting the rest."""
+    got_flags: set[str] = set()
+    got: dict[str, Any] = {}
+    for word in words:
+        name, eq, value = word.partition("=")
+        name = name.lower()
+        if not eq:
+            if name in flags:
+                got_flags.add(name)
+            else:
+                errors.add(line.where, f"unknown word '{word}' (expected one of: "
+                           f"{', '.join(sorted(flags | {a + '=' for a in attrs}))})")
+        elif name in attrs:
+            try:
+                got[name] = attrs[name](value)
+            except ValueError as err:
+                errors.add(line.where, f"{name}: {err}")
+        else:
+            errors.add(line.where, f"unknown attribute '{name}'")
+    return got_flags, got
+
+
+def _limits(attrs: dict[str, Any]) -> Limits:
+    return Limits(**{k: v for k, v in attrs.items() if k in _LIMIT_ATTRS})
+
+
+def address_key(text: str, line: Line, errors: Errors) -> str | None:
+    """A table key that must be a full address; normalised as lookups will see it."""
+    try:
+        addr = parse_path(text, null_ok=False)
+    except AddressError as err:
+        errors.add(line.where, f"'{text}': {err}")
+        return None
+    if not addr.domain:
+        errors.add(line.where, f"'{text}': an address needs a domain")
+        return None
+    return addr.key
+
+
+@dataclass
+class Tables:
+    """Every table, loaded.  Lookups take normalised keys (``Address.key``, A-label domains)."""
+
+    domains: DomainPatterns[Domain] = field(default_factory=DomainPatterns)
+    domain_list: list[Domain] = field(default_factory=list)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    logins: dict[str, Account] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    catchall: set[str] = field(default_factory=set)
+    lists: dict[str, MailingList] = field(default_factory=dict)
+    relay_recipients: set[str] = field(default_factory=set)
+    relay_domains_listed: set[str] = field(default_factory=set)
+    relay_catchall: set[str] = field(default_factory=set)
+    listeners: dict[str, Listener] = field(default_factory=dict)
+
+    def domain(self, name: str) -> Domain | None:
+        return next(iter(self.domains.find(name)), None) if name else None
+
+    def account_for_login(self, login: str) -> Account | None:
+        low = login.lower()
+        return self.logins.get(low) or self.accounts.get(low)
+
+    def load_domains(self, lines: list[Line], errors: Errors) -> None:
+        for line in lines:
+            key, *rest = line.words()
+            if not rest:
+                errors.add(line.where, f"'{key}' needs a kind: "
+                           f"{', '.join(k.value for k in DomainKind)}")
+                continue
+            try:
+                kind = DomainKind(rest[0].lower())
+            except ValueError:
+                errors.add(line.where, f"unknown domain kind '{rest[0]}' (expected one of: "
+                           f"{', '.join(k.value for k in DomainKind)})")
+                continue
+            flags, attrs = _attrs(rest[1:], line, errors, {"require_auth"}, _LIMIT_ATTRS)
+            entry = Domain(key.lower(), kind, line.where, _limits(attrs), "require_auth" in flags)
+            try:
+                self.domains.add(key, entry)
+            except PatternError as err:
+                errors.add(line.where, str(err))
+                continue
+            self.domain_list.append(entry)
+
+    def load_accounts(self, lines: list[Line], errors: Errors) -> None:
+        attrs_allowed = dict(_LIMIT_ATTRS, login=str)
+        for line in lines:
+            key, *rest = line.words()
+            flags, attrs = _attrs(rest, line, errors, {"local-only", "moved"}, attrs_allowed)
+            address = address_key(key, line, errors)
+            if address is None:
+                continue
+            if address in self.accounts:
+                errors.add(line.where, f"account '{key}' is already defined at "
+                           f"{self.accounts[address].where}")
+                continue
+            account = Account(address, line.where, _limits(attrs), "local-only" in flags,
+                              "moved" in flags, attrs.get("login", "").lower())
+            self.accounts[address] = account
+            if account.login:
+                self.logins[account.login] = account
+
+    def load_aliases(self, lines: list[Line], errors: Errors) -> None:
+        for line in lines:
+            key, *targets = line.words()
+            if not targets:
+                errors.add(line.where, f"alias '{key}' has no target")
+                continue
+            if key.startswith("@"):
+                self._domain_key(key[1:], line, errors, self.catchall)
+            elif (address := address_key(key, line, errors)) is not None:
+                self.aliases[address] = " ".join(targets)
+
+    def load_lists(self, lines: list[Line], errors: Errors) -> None:
+        for line in lines:
+            key, *rest = line.words()
+            mode = rest[0].lower() if rest else ""
+            if mode not in ("open", "members-only"):
+                errors.add(line.where, f"list '{key}' needs a mode: open or members-only")
+                continue
+            address = address_key(key, line, errors)
+            members = {m for w in rest[1:] for m in w.split(",") if m}
+            keys = {k for m in members if (k := address_key(m, line, errors)) is not None}
+            if address is not None:
+                self.lists[address] = MailingList(address, line.where, mode == "members-only",
+                                                  frozenset(keys))
+
+    def load_relay_recipients(self, lines: list[Line], errors: Errors) -> None:
+        for line in lines:
+            key, *rest = line.words()
+            if rest and rest != ["OK"]:
+                errors.add(line.where, "a relay recipient line is an address or @domain, "
+                           "optionally followed by OK")
+            if key.startswith("@"):
+                domain = self._domain_key(key[1:], line, errors, self.relay_catchall)
+                if domain:
+                    self.relay_domains_listed.add(domain)
+            elif (address := address_key(key, line, errors)) is not None:
+                self.relay_recipients.add(address)
+                self.relay_domains_listed.add(address.rpartition("@")[2])
+
+    def load_listeners(self, lines: list[Line], errors: Errors) -> None:
+        for line in lines:
+            key, *rest = line.words()
+            flags, attrs = _attrs(rest, line, errors, {"require_auth"}, {"max_size": parse_size})
+            self.listeners[key.lower()] = Listener(key.lower(), line.where,
+                                                   "require_auth" in flags,
+                                                   attrs.get("max_size", 0))
+
+    @staticmethod
+    def _domain_key(text: str, line: Line, errors: Errors, into: set[str]) -> str | None:
+        try:
+            into.add(name := domain_name(text))
+        except PatternError as err:
+            errors.add(line.where, str(err))
+            return None
+        return name
