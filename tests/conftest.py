@@ -1,0 +1,55 @@
+"""Shared fixtures: the test rules directory, and engines built from it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from policy_milter.engine import Engine, Session
+from policy_milter.rules.policy import Policy, load
+from policy_milter.services import Services
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_RULES = REPO / "tests" / "fixtures" / "rules"
+
+
+def copy_rules(dest: Path, **settings: str) -> Path:
+    """The fixture rules copied to ``dest``, with some policy.conf settings replaced."""
+    shutil.copytree(FIXTURE_RULES, dest)
+    conf = dest / "policy.conf"
+    text = conf.read_text()
+    for name, value in settings.items():
+        text, found = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", text)
+        if not found:
+            text += f"{name} = {value}\n"
+    conf.write_text(text)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def fixture_policy() -> Policy:
+    return load(FIXTURE_RULES)
+
+
+@pytest.fixture
+def make_rules(tmp_path: Path) -> Callable[..., Path]:
+    counter = iter(range(1000))
+    return lambda **settings: copy_rules(tmp_path / f"rules{next(counter)}", **settings)
+
+
+@pytest.fixture
+def engine(fixture_policy: Policy) -> Engine:
+    return Engine(fixture_policy, Services())
+
+
+@pytest.fixture
+def session(engine: Engine) -> Session:
+    """A session from an outside client that greeted properly."""
+    s = engine.session()
+    s.connect("192.0.2.10", "mx.sender.example", "smtpd")
+    s.helo("mx.sender.example", False)
+    return s
