@@ -159,6 +159,18 @@ def _validate(entries: tuple[Entry, ...]) -> None:
             raise ValueError(f"catalogue {e.name}: reply too long for one SMTP line")
 
 
+def markdown_table() -> str:
+    """The catalogue as the README shows it (``policy-milter catalogue`` prints it)."""
+    lines = ["| # | name | code | enhanced | text | stages | kind |",
+             "|---|------|------|----------|------|--------|------|"]
+    for e in _ROWS:
+        stages = "any" if e.stages == ANY_STAGE else ", ".join(
+            s.value for s in Stage if s in e.stages)
+        lines.append(f"| {e.row or '-'} | `{e.name}` | {e.code or '-'} | {e.enhanced or '-'} "
+                     f"| {e.text} | {stages} | {e.kind.value} |")
+    return "\n".join(lines)
+
+
 _validate(_ROWS)
 
 DEFAULT_TEMPFAIL = ENTRIES["internal_tempfail"]

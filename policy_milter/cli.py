@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import __version__
+from . import __version__, catalogue
 from .engine import Engine
 from .log import DecisionLog, configure
 from .rules.policy import Policy, load
@@ -44,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"policy-milter {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     rules_help = f"rules directory holding policy.conf (default {DEFAULT_RULES})"
+    sub.add_parser("catalogue", help="print every reply the milter can send (markdown)")
     check = sub.add_parser("check", help="validate the rules and print a summary")
     check.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     run = sub.add_parser("run", help="serve the MTA")
@@ -156,6 +157,9 @@ class Server:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "catalogue":
+        print(catalogue.markdown_table())
+        return 0
     return check(args) if args.command == "check" else run(args)
 
 
