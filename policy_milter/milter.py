@@ -87,7 +87,9 @@ class PolicyMilter(Milter.Base):
         opts[0], opts[1], opts[2], opts[3] = self._actions, self._protocol, 0, 0
         if self._actions & Milter.SETSYMLIST:
             for stage, macros in MACROS.items():
-                self.setsymlist(stage, macros)
+                # Milter.Base.setsymlist hands the C module bytes where it wants str
+                # (pymilter 1.0.5), so the request goes to the context directly.
+                self._ctx.setsymlist(stage, macros)
         return Milter.CONTINUE
 
     def _macro(self, name: str) -> str:
