@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,3 +260,22 @@ def test_check_command() -> None:
     assert ok.returncode == 0 and "domains:" in ok.stdout
     missing = run_cli("check", "--rules", str(REPO / "no-such-dir"))
     assert missing.returncode == 1 and "policy.conf: no such file" in missing.stderr
+
+
+def test_concurrent_connections(milter: MilterProcess) -> None:
+    """libmilter runs each connection in its own thread: sessions must not mix."""
+    cases = [ROWS["21 unknown local user"], ROWS["16 relay"], ROWS["19a black list"],
+             ROWS["25 too many recipients"]] * 12
+
+    def one(scenario: Scenario) -> tuple[str, str]:
+        with milter.client() as client:
+            return drive(client, scenario).line, catalogue.get(scenario.entry).reply_line()
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(one, cases))
+    assert all(got == want for got, want in results), results
+
+
+def test_unix_socket_has_the_requested_mode(milter: MilterProcess) -> None:
+    path = Path(milter.socket.partition(":")[2])
+    assert path.stat().st_mode & 0o777 == 0o660
