@@ -8,6 +8,7 @@ logged tempfail, never a crash and never a silent pass.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -79,8 +80,8 @@ class Plan:
         }
         decisions = [r.decision for rl in policy.rule_lists
                      for index in (rl.mail, rl.rcpt) for r in index.rules]
-        actions = {"addheader": Action.ADD_HEADER, "quarantine": Action.QUARANTINE,
-                   "delrcpt": Action.DISCARD}
+        rcpt_discards = any(r.decision.action is Action.DISCARD
+                            for rl in policy.rule_lists for r in rl.rcpt.rules)
         callbacks = {Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA,
                      Stage.UNKNOWN, Stage.EOM}
         if counts_size:
@@ -89,8 +90,11 @@ class Plan:
             callbacks=frozenset(callbacks),
             noreply=frozenset({Stage.CONNECT, Stage.HEADER, Stage.BODY}
                               | (set() if helo_checks else {Stage.HELO})),
-            actions=frozenset(name for name, action in actions.items()
-                              if any(d.action is action for d in decisions)),
+            actions=frozenset(
+                [name for name, action in (("addheader", Action.ADD_HEADER),
+                                           ("quarantine", Action.QUARANTINE))
+                 if any(d.action is action for d in decisions)]
+                + (["delrcpt"] if rcpt_discards else [])),
         )
         return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs)
 
@@ -163,7 +167,7 @@ class Session:
                 continue
             monitored = decision.stops and (decision.monitor or self.policy.monitor)
             if monitored:
-                decision = Decision(**{**vars(decision), "monitor": True})
+                decision = dataclasses.replace(decision, monitor=True)
             self.log.decision(stage, self.conn, self.txn, ctx.rcpt, decision, started)
             if monitored:
                 continue
@@ -220,9 +224,12 @@ class Session:
             return self._stopped(Stage.MAIL, parsed, started)
         sender, parsed_params, declared = parsed
         self.txn = Transaction(sender, parsed_params, declared, queue_id)
-        decision = self._run(Stage.MAIL, self._context(), started)
+        ctx = self._context()
+        decision = self._run(Stage.MAIL, ctx, started)
         if decision.stops:
             self.txn = None
+        else:
+            self.txn.bypass = ctx.bypass  # a white entry at MAIL holds for every recipient
         return decision
 
     @_guarded

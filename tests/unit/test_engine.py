@@ -415,3 +415,10 @@ def test_one_log_line_per_decision(session: Session, caplog: pytest.LogCaptureFi
     assert "stage=rcpt" in reject and "qid=Q9" in reject and "rcpt=nobody@example.com" in reject
     assert "rule=" + str(Path("tests/fixtures/rules/domains")) in reject or "domains:1" in reject
     assert "action=accept" in accept and "rcpt=postmaster@example.com" in accept
+
+
+def test_white_entry_at_mail_holds_for_recipient_rules(engine: Engine) -> None:
+    listed = open_session(engine, addr="198.51.100.100")
+    assert rcpt_after(listed, "<a@sender.example>", "<former@example.com>") == "continue"
+    other = open_session(engine)
+    assert rcpt_after(other, "<a@sender.example>", "<former@example.com>") == "permission_denied"
