@@ -82,3 +82,12 @@ def smallest(*limits: tuple[int, str]) -> tuple[int, str]:
     """The smallest non-zero limit and where it is set; (0, '') when none is."""
     set_ = [lim for lim in limits if lim[0] > 0]
     return min(set_) if set_ else (0, "")
+
+
+def sender_limit(ctx: Context, setting: str, attribute: str) -> tuple[int, str]:
+    """Server setting, sender domain and sending account: the smallest non-zero applies."""
+    levels = [(ctx.policy.settings[setting], ctx.policy.where[setting])]
+    for owner in (ctx.sender_domain(), ctx.sender_account()):
+        if owner is not None:
+            levels.append((getattr(owner.limits, attribute), owner.where))
+    return smallest(*levels)

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from ..decision import Decision
 from ..rules.tables import Limits
-from .base import Context, reject, smallest
+from .base import Context, reject, sender_limit
 
 CHECK = "limits"
 
 
 def too_many(ctx: Context) -> Decision | None:
     """Row 25: the smallest non-zero of the server, sender-domain and account limits."""
-    policy = ctx.policy
-    levels = [(policy.max_recipients, policy.where["max_recipients"])]
-    for owner in (ctx.sender_domain(), ctx.sender_account()):
-        if owner is not None:
-            levels.append((owner.limits.max_recipients, owner.where))
-    limit, where = smallest(*levels)
+    limit, where = sender_limit(ctx, "max_recipients", "max_recipients")
     assert ctx.txn is not None
     if limit and len(ctx.txn.recipients) >= limit:
         return reject("too_many_recipients", CHECK, where, f"limit {limit}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..addresses import Address
 from ..decision import Decision
 from ..rules.policy import Policy
-from .base import Context, reject, smallest
+from .base import Context, reject, sender_limit, smallest
 
 CHECK = "size"
 
@@ -29,11 +29,7 @@ def _sender_limits(ctx: Context, size: int) -> Decision | None:
     if listener is not None and listener.max_size and size > listener.max_size:
         return reject("listener_size_exceeded", CHECK, listener.where,
                       f"{size} > {listener.max_size} on {listener.name}")
-    levels = [(ctx.policy.max_message_size, ctx.policy.where["max_message_size"])]
-    for owner in (ctx.sender_domain(), ctx.sender_account()):
-        if owner is not None:
-            levels.append((owner.limits.max_size, owner.where))
-    limit, where = smallest(*levels)
+    limit, where = sender_limit(ctx, "max_message_size", "max_size")
     if limit and size > limit:
         return reject("message_size_exceeded", CHECK, where, f"{size} > {limit}")
     return None
