@@ -126,16 +126,16 @@ class AddressPatterns(PatternSet[T]):
             self._exact[""].append(payload)
             return
         local, at, domain = pattern.rpartition("@")
-        if not at:
+        if not at or not (local or domain):
             raise PatternError(f"'{pattern}' is not an address pattern (use user@domain, "
                                "@domain, user@ or <>)")
         if local in ("", "*") and domain:
-            self._domains.add(domain if domain.startswith(".") else domain.replace("*.", "."),
-                              payload)
-        elif not domain:
+            self._domains.add(domain, payload)  # it knows .domain, *.domain and globs
+        elif not domain and not _GLOB.search(local):
             self._locals[local.lower()].append(payload)
         elif _GLOB.search(local) or _GLOB.search(domain):
-            self._globs.append((_glob(pattern), payload))
+            # ``abuse*@`` is that local part in any domain: the glob must cover the domain.
+            self._globs.append((_glob(pattern if domain else f"{local}@*"), payload))
         else:
             self._exact[f"{local.lower()}@{domain_name(domain)}"].append(payload)
 
@@ -180,6 +180,8 @@ class NetworkPatterns(PatternSet[T]):
 
     def find(self, value: IPAddress | str | None) -> Iterator[T]:  # type: ignore[override]
         ip = client_ip(value) if isinstance(value, str) or value is None else value
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped  # as client_ip does for text: patterns store mapped as IPv4
         if ip is None:
             return
         bits = ip.max_prefixlen

@@ -67,7 +67,10 @@ def read_lines(path: Path, label: str, errors: Errors) -> list[Line]:
         errors.add(f"{label}:{line}", "not valid UTF-8")
         return []
     lines: list[Line] = []
-    for number, physical in enumerate(text.splitlines(), start=1):
+    # Only LF ends a line (a CRLF's CR goes with the trailing white space): splitlines()
+    # also breaks at form feeds and Unicode separators, which would shift every later
+    # line number and turn the rest of a comment into a rule.
+    for number, physical in enumerate(text.split("\n"), start=1):
         content = _COMMENT.sub("", physical).rstrip()
         if not content.strip():
             continue
