@@ -85,8 +85,9 @@ class DomainPatterns(PatternSet[T]):
 
     def add(self, pattern: str, payload: T) -> None:
         pattern = pattern.strip()
-        if pattern.startswith(("*.", ".")):
-            self._parents[domain_name(pattern.lstrip("*").lstrip("."))].append(payload)
+        parent = pattern.lstrip("*").lstrip(".")
+        if pattern.startswith(("*.", ".")) and not _GLOB.search(parent):
+            self._parents[domain_name(parent)].append(payload)
         elif _GLOB.search(pattern):
             self._globs.append((_glob(pattern), payload))
         else:

@@ -150,7 +150,9 @@ class _Loader:
     def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
         values: dict[str, Any] = {}
         where: dict[str, str] = {}
-        for name, (parse, default) in SETTINGS.items():
+        given = [n for n in self.raw if n in SETTINGS]  # in file order, for the error order
+        for name in given + [n for n in SETTINGS if n not in self.raw]:
+            parse, default = SETTINGS[name]
             text, line = self.raw.get(name, (default, None))
             try:
                 values[name] = parse(text)
@@ -165,7 +167,7 @@ class _Loader:
         text, line = self.raw[name]
         path = Path(line.path).parent / text
         self.files.append(str(path))
-        return read_lines(path, str(path), self.errors), path.parent
+        return read_lines(path, str(path), self.errors, line.where), path.parent
 
 
 def load(rules_dir: str | Path) -> Policy:

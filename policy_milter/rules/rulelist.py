@@ -106,6 +106,11 @@ class RuleList:
     rcpt: RuleIndex
 
 
+def _rest(line: Line, verb: str) -> str:
+    """The text after the action word, as written (words() would fold its commas)."""
+    return re.split(rf"\s{verb}(?:\s+|$)", f" {line.text}", maxsplit=1)[-1].strip()
+
+
 class RuleListParser:
     """Parses one rule file; ``default_reject`` is what a bare ``reject`` sends."""
 
@@ -168,7 +173,7 @@ class RuleListParser:
         name = value[len("file:"):]
         path = base / name
         label = str(Path(line.path).parent / name)
-        return [(w, entry.where) for entry in read_lines(path, label, self.errors)
+        return [(w, entry.where) for entry in read_lines(path, label, self.errors, line.where)
                 for w in entry.words()]
 
     def _action(self, words: list[str], line: Line, stage: Stage,
@@ -189,9 +194,9 @@ class RuleListParser:
             action = Action.REJECT if verb == "deny" else Action.DISCARD
             return Decision(action, catalogue.get(name), **made)
         if verb == "quarantine":
-            return Decision(Action.QUARANTINE, reason=" ".join(args) or line.where, **made)
+            return Decision(Action.QUARANTINE, reason=_rest(line, verb) or line.where, **made)
         if verb == "add_header":
-            return self._add_header(" ".join(args), line, made)
+            return self._add_header(_rest(line, verb), line, made)
         self.errors.add(line.where, f"unknown action '{' '.join(words)}' (expected permit, "
                         "reject, tempfail, deny, discard, quarantine or add_header)")
         return None

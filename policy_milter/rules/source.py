@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..services.state import MAX_PERIOD
+
 _COMMENT = re.compile(r"(^|\s)#.*$")
 
 
@@ -53,12 +55,16 @@ class Errors:
             raise RuleErrors(self.items)
 
 
-def read_lines(path: Path, label: str, errors: Errors) -> list[Line]:
-    """The logical lines of ``path``; ``label`` is how messages name the file."""
+def read_lines(path: Path, label: str, errors: Errors, named_at: str = "") -> list[Line]:
+    """The logical lines of ``path``; ``label`` is how messages name the file, and
+    ``named_at`` the line that named it (where a missing file is reported)."""
     try:
         raw = path.read_bytes()
     except OSError as err:
-        errors.add(label, f"cannot read: {err.strerror or err}")
+        if named_at:
+            errors.add(named_at, f"cannot read {label}: {err.strerror or err}")
+        else:
+            errors.add(label, f"cannot read: {err.strerror or err}")
         return []
     try:
         text = raw.decode("utf-8")
@@ -108,7 +114,10 @@ def parse_rate(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)/(\d*)([smhd])", text)
     if not m:
         raise ValueError(f"'{text}' is not a rate (like 100/1h: a count per s, m, h or d)")
-    return int(m.group(1)), int(m.group(2) or 1) * PERIOD_UNITS[m.group(3)]
+    period = int(m.group(2) or 1) * PERIOD_UNITS[m.group(3)]
+    if not 0 < period <= MAX_PERIOD:
+        raise ValueError(f"'{text}': the period must be between 1s and 7d")
+    return int(m.group(1)), period
 
 
 def parse_bool(text: str) -> bool:

@@ -112,6 +112,16 @@ def _limits(attrs: dict[str, Any]) -> Limits:
     return Limits(**{k: v for k, v in attrs.items() if k in _LIMIT_ATTRS})
 
 
+def _domain_entry_name(key: str) -> str:
+    """How a domains-table key is named in logs and compared for duplicates."""
+    if any(ch in key for ch in "*?["):
+        bare = key.lstrip("*").lstrip(".")
+        if any(ch in bare for ch in "*?["):
+            return key.lower()
+        return "." + domain_name(bare)
+    return ("." if key.startswith(".") else "") + domain_name(key.lstrip("."))
+
+
 def address_key(text: str, line: Line, errors: Errors) -> str | None:
     """A table key that must be a full address; normalised as lookups will see it."""
     try:
@@ -162,7 +172,16 @@ class Tables:
                            f"{', '.join(k.value for k in DomainKind)})")
                 continue
             flags, attrs = _attrs(rest[1:], line, errors, {"require_auth"}, _LIMIT_ATTRS)
-            entry = Domain(key.lower(), kind, line.where, _limits(attrs), "require_auth" in flags)
+            try:
+                name = _domain_entry_name(key)
+            except PatternError as err:
+                errors.add(line.where, str(err))
+                continue
+            entry = Domain(name, kind, line.where, _limits(attrs), "require_auth" in flags)
+            first = next((d for d in self.domain_list if d.name == entry.name), None)
+            if first is not None:
+                errors.add(line.where, f"domain '{key}' is already defined at {first.where}")
+                continue
             try:
                 self.domains.add(key, entry)
             except PatternError as err:
@@ -184,6 +203,10 @@ class Tables:
                 continue
             account = Account(address, line.where, _limits(attrs), "local-only" in flags,
                               "moved" in flags, attrs.get("login", "").lower())
+            if account.login in self.logins:
+                errors.add(line.where, f"login '{account.login}' is already used at "
+                           f"{self.logins[account.login].where}")
+                continue
             self.accounts[address] = account
             if account.login:
                 self.logins[account.login] = account
@@ -197,6 +220,8 @@ class Tables:
             if key.startswith("@"):
                 self._domain_key(key[1:], line, errors, self.catchall)
             elif (address := address_key(key, line, errors)) is not None:
+                if address in self.aliases:
+                    errors.add(line.where, f"alias '{key}' is already defined")
                 self.aliases[address] = " ".join(targets)
 
     def load_lists(self, lines: list[Line], errors: Errors) -> None:
@@ -209,14 +234,17 @@ class Tables:
             address = address_key(key, line, errors)
             members = {m for w in rest[1:] for m in w.split(",") if m}
             keys = {k for m in members if (k := address_key(m, line, errors)) is not None}
-            if address is not None:
+            if address in self.lists:
+                errors.add(line.where, f"list '{key}' is already defined at "
+                           f"{self.lists[address].where}")
+            elif address is not None:
                 self.lists[address] = MailingList(address, line.where, mode == "members-only",
                                                   frozenset(keys))
 
     def load_relay_recipients(self, lines: list[Line], errors: Errors) -> None:
         for line in lines:
             key, *rest = line.words()
-            if rest and rest != ["OK"]:
+            if rest and [w.upper() for w in rest] != ["OK"]:
                 errors.add(line.where, "a relay recipient line is an address or @domain, "
                            "optionally followed by OK")
             if key.startswith("@"):
@@ -231,6 +259,10 @@ class Tables:
         for line in lines:
             key, *rest = line.words()
             flags, attrs = _attrs(rest, line, errors, {"require_auth"}, {"max_size": parse_size})
+            if key.lower() in self.listeners:
+                errors.add(line.where, f"listener '{key}' is already defined at "
+                           f"{self.listeners[key.lower()].where}")
+                continue
             self.listeners[key.lower()] = Listener(key.lower(), line.where,
                                                    "require_auth" in flags,
                                                    attrs.get("max_size", 0))

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+MAX_PERIOD = 7 * 86400  # the longest window a limit may use: counters are kept this long
+
 
 class RateStore(Protocol):
     def total(self, key: str, window: int) -> int:
@@ -20,7 +22,7 @@ class RateStore(Protocol):
 class MemoryRateStore:
     """Sliding-window counters in this process; thread-safe for libmilter's threads."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, horizon: int = 86400) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, horizon: int = MAX_PERIOD) -> None:
         self._clock = clock
         self._horizon = horizon  # the longest window kept
         self._events: dict[str, deque[tuple[float, int]]] = {}

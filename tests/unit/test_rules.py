@@ -171,7 +171,8 @@ def test_missing_table_file(tmp_path: Path) -> None:
     with pytest.raises(RuleErrors) as info:
         policy.load(tmp_path)
     assert info.value.errors == [
-        f"{tmp_path / 'domians'}: cannot read: No such file or directory"]
+        f"{tmp_path / 'policy.conf'}:1: cannot read {tmp_path / 'domians'}: "
+        "No such file or directory"]
 
 
 # --- errors: lexical -----------------------------------------------------------------
@@ -858,3 +859,54 @@ def test_absent_facts_do_not_match(tmp_path: Path) -> None:
     facts: Mapping[str, object] = {"client": client_ip("192.0.2.1")}
     assert line_of(rl.mail.first(facts)) == 1
     assert line_of(rl.mail.first({})) == 2
+
+
+# --- duplicates, raw action text, glob parents, file: errors --------------------------
+
+@pytest.mark.parametrize("table, lines, message", [
+    ("domains", ["a.example local", "A.example. relay"],
+     "domain 'A.example.' is already defined at {path}:1"),
+    ("accounts", ["a@x.example login=al", "b@x.example login=AL"],
+     "login 'al' is already used at {path}:1"),
+    ("listeners", ["submission", "Submission require_auth"],
+     "listener 'Submission' is already defined at {path}:1"),
+    ("lists", ["l@x.example open", "L@x.example members-only"],
+     "list 'L@x.example' is already defined at {path}:1"),
+    ("aliases", ["a@x.example b@x.example", "a@x.example c@x.example"],
+     "alias 'a@x.example' is already defined"),
+])
+def test_duplicate_entries_are_errors(tmp_path: Path, table: str, lines: list[str],
+                                      message: str) -> None:
+    path = tmp_path / table
+    assert errors(tmp_path, **{table: lines}) == [f"{path}:2: " + message.format(path=path)]
+
+
+def test_relay_recipients_ok_in_any_case(tmp_path: Path) -> None:
+    p = load(tmp_path, relay_recipients=["a@backup.example ok", "@b.example Ok"])
+    assert "a@backup.example" in p.tables.relay_recipients and "b.example" in p.tables.relay_catchall
+
+
+def test_action_text_is_kept_as_written(tmp_path: Path) -> None:
+    p = load(tmp_path, access=["sender @a.example add_header X-Note: a, b,  c",
+                               "sender @b.example quarantine held, see ticket 42"])
+    first, second = rule_list(p, "access").mail.rules
+    assert first.decision.header == ("X-Note", "a, b,  c")
+    assert second.decision.reason == "held, see ticket 42"
+
+
+def test_star_dot_with_more_globs_is_a_glob(tmp_path: Path) -> None:
+    p = load(tmp_path, access=["client_name *.dynamic.* reject"])
+    (rule,) = rule_list(p, "access").mail.rules
+    assert rule.matches({"client_name": "host-1.dynamic.isp.example"})
+    assert not rule.matches({"client_name": "mx.isp.example"})
+
+
+def test_missing_pattern_file_is_reported_where_it_is_named(tmp_path: Path) -> None:
+    assert errors(tmp_path, access=["client 192.0.2.1 permit", "client file:nope reject"]) == [
+        f"{tmp_path / 'access'}:2: cannot read {tmp_path / 'nope'}: No such file or directory"]
+
+
+def test_rate_periods_are_bounded(tmp_path: Path) -> None:
+    assert errors(tmp_path, accounts=["a@x.example limit_messages=10/8d"]) == [
+        f"{tmp_path / 'accounts'}:1: limit_messages: '10/8d': the period must be between "
+        "1s and 7d"]
