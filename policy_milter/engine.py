@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 
 from . import catalogue
 from .addresses import Address
-from .checks import access, auth, limits, protocol, recipients, relay, size
+from .checks import access, auth, dnsbl, limits, protocol, rdns, recipients, relay, size
 from .checks.base import Check, Context
 from .decision import CONTINUE, Action, Decision
 from .log import DecisionLog
 from .model import Connection, Transaction, client_ip
 from .rules.policy import Policy
 from .services import DependencyError, Services
+from .services.dns import DnsResolver, Resolver
 from .stages import Stage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +39,9 @@ class Needs:
     actions: frozenset[str]  # 'addheader', 'delrcpt', 'quarantine'
 
 
+Prefetch = Callable[[Context], None]
+
+
 @dataclass(frozen=True)
 class Plan:
     """A policy and the checks it switches on, per stage, in evaluation order."""
@@ -46,9 +50,12 @@ class Plan:
     checks: dict[Stage, tuple[Check, ...]]
     counts_size: bool
     needs: Needs
+    dns: Resolver | None = None
+    prefetch: dict[Stage, tuple[Prefetch, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def build(cls, policy: Policy) -> Plan:
+    def build(cls, policy: Policy, services: Services, previous: Plan | None = None) -> Plan:
+        """``previous`` lends its resolver (and cache) when the DNS settings did not change."""
         rule_checks = [c for rl in policy.rule_lists for c in access.checks(rl)]
         counts_size = size.limits_configured(policy)
         helo_checks = policy.check_helo_syntax or policy.reject_repeated_helo
@@ -62,6 +69,8 @@ class Plan:
                 *(c for c in rule_checks if c.stage is Stage.MAIL),
                 *([Check("local_sender", Stage.MAIL, auth.local_sender)]
                   if policy.local_sender_requires_auth else []),
+                *([Check(rdns.CHECK, Stage.MAIL, rdns.check)] if policy.rdns != "off" else []),
+                *([Check(dnsbl.CHECK, Stage.MAIL, dnsbl.check)] if policy.tables.zones else []),
             ],
             Stage.RCPT: [
                 Check(relay.CHECK, Stage.RCPT, relay.relay),
@@ -96,7 +105,21 @@ class Plan:
                  if any(d.action is action for d in decisions)]
                 + (["delrcpt"] if rcpt_discards else [])),
         )
-        return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs)
+        prefetch: dict[Stage, tuple[Prefetch, ...]] = {}
+        if policy.uses_dns:
+            lists = (dnsbl.prefetch,) if policy.tables.zones else ()
+            rdns_first = (rdns.prefetch,) if policy.rdns != "off" else ()
+            prefetch = {Stage.CONNECT: rdns_first + lists, Stage.HELO: lists, Stage.MAIL: lists}
+        return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs,
+                   _resolver(policy, services, previous), prefetch)
+
+
+def _resolver(policy: Policy, services: Services, previous: Plan | None) -> Resolver | None:
+    if services.dns is not None or not policy.uses_dns:
+        return services.dns
+    reusable = previous is not None and isinstance(previous.dns, DnsResolver) \
+        and previous.dns.config == policy.dns_config
+    return previous.dns if reusable else DnsResolver(policy.dns_config)  # type: ignore[union-attr]
 
 
 @dataclass
@@ -116,10 +139,10 @@ class Engine:
                  log: DecisionLog | None = None) -> None:
         self.services = services or Services()
         self.log = log or DecisionLog()
-        self.plan = Plan.build(policy)
+        self.plan = Plan.build(policy, self.services)
 
     def reload(self, policy: Policy) -> None:
-        self.plan = Plan.build(policy)
+        self.plan = Plan.build(policy, self.services, self.plan)
 
     def session(self) -> Session:
         return Session(self.plan, self.services, self.log)
@@ -155,7 +178,16 @@ class Session:
 
     def _context(self, rcpt: Address | None = None) -> Context:
         bypass = self.txn.bypass if self.txn else frozenset()
-        return Context(self.policy, self.services, self.conn, self.txn, rcpt, bypass)
+        return Context(self.policy, self.services, self.log, self.plan.dns, self.conn, self.txn,
+                       rcpt, bypass)
+
+    def _prefetch(self, stage: Stage) -> None:
+        """Start the slow lookups the later stages will need; a failure here only logs."""
+        for start in self.plan.prefetch.get(stage, ()):
+            try:
+                start(self._context())
+            except Exception as err:  # the check that needs the answer will decide
+                self.log.internal_error(stage, self.conn, self.txn, err)
 
     def _run(self, stage: Stage, ctx: Context, started: float) -> Decision:
         """Walk the stage's checks; return the first decision that stops the client."""
@@ -202,6 +234,7 @@ class Session:
         self.conn.client_addr = client_ip(address)
         self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name
         self.conn.listener = listener
+        self._prefetch(Stage.CONNECT)
         return CONTINUE
 
     @_guarded
@@ -212,6 +245,7 @@ class Session:
         self.conn.tls = tls
         self.conn.helo_count += 1
         self.conn.helo = name
+        self._prefetch(Stage.HELO)
         return self._run(Stage.HELO, self._context(), started)
 
     @_guarded
@@ -224,6 +258,7 @@ class Session:
             return self._stopped(Stage.MAIL, parsed, started)
         sender, parsed_params, declared = parsed
         self.txn = Transaction(sender, parsed_params, declared, queue_id)
+        self._prefetch(Stage.MAIL)
         ctx = self._context()
         decision = self._run(Stage.MAIL, ctx, started)
         if decision.stops:

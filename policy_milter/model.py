@@ -8,7 +8,9 @@ the next MAIL, or end of message.
 from __future__ import annotations
 
 import ipaddress
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from .addresses import Address
 from .decision import Decision
@@ -42,7 +44,7 @@ class Connection:
     helo_count: int = 0
     tls: bool = False
     auth_login: str = ""  # {auth_authen}, known from MAIL FROM on
-    bypass: frozenset[str] = frozenset()  # checks a white entry skipped for the session
+    lookups: dict[tuple[str, str], Future[Any]] = field(default_factory=dict)  # DNS, by key
 
     @property
     def authenticated(self) -> bool:

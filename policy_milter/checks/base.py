@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,10 @@ from ..model import Connection, Transaction
 from ..patterns import contains
 from ..rules.policy import Policy
 from ..rules.tables import Account, Domain
+from ..log import DecisionLog
 from ..services import Services
+from ..services.dns import Answer, DnsError, Resolver
+from ..services.dns import key as dns_key
 from ..stages import Stage
 
 
@@ -23,11 +27,23 @@ class Context:
 
     policy: Policy
     services: Services
+    log: DecisionLog
+    dns: Resolver | None
     conn: Connection
     txn: Transaction | None = None
     rcpt: Address | None = None
     bypass: frozenset[str] = frozenset()
     _values: dict[str, Any] | None = field(default=None, repr=False)
+
+    def lookup(self, name: str, rdtype: str) -> Future[Answer]:
+        """A DNS lookup, made once per session (a failed one is not retried within it)."""
+        k = dns_key(name, rdtype)
+        future = self.conn.lookups.get(k)
+        if future is None:
+            if self.dns is None:
+                raise DnsError("no resolver configured")
+            future = self.conn.lookups[k] = self.dns.submit(name, rdtype)
+        return future
 
     @property
     def trusted(self) -> bool:

@@ -9,12 +9,14 @@ Policy whole (SIGHUP), so a half-loaded policy never exists.
 from __future__ import annotations
 
 import glob
+from ipaddress import ip_address
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..patterns import AddressPatterns, NetworkPatterns, PatternError, PatternSet
+from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
+from ..services.dns import DnsConfig
 from .rulelist import RuleList, RuleListParser
 from .source import Errors, Line, RuleErrors, parse_bool, parse_count, parse_size, read_lines
 from .tables import Tables
@@ -22,7 +24,7 @@ from .tables import Tables
 MAIN_FILE = "policy.conf"
 # Checks a white entry (``permit skip=...``) may bypass.  Relay, recipient and protocol
 # checks are never skippable: a forged sender must not open the relay.
-SKIPPABLE = frozenset({"access", "filters", "local_sender"})
+SKIPPABLE = frozenset({"access", "filters", "local_sender", "rdns", "dnsbl"})
 
 
 def _patterns(kind: Callable[[], PatternSet[None]]) -> Callable[[str], PatternSet[None]]:
@@ -49,6 +51,35 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _nameservers(text: str) -> tuple[str, ...]:
+    servers = tuple(w for w in text.replace(",", " ").split())
+    for server in servers:
+        try:
+            ip_address(server)
+        except ValueError:
+            raise ValueError(f"'{server}' is not an IP address") from None
+    return servers
+
+
+def _seconds(limit: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.removesuffix("s"))
+        except ValueError:
+            raise ValueError(f"'{text}' is not a number of seconds") from None
+        if not 0 < value <= limit:
+            raise ValueError(f"'{text}' must be more than 0 and at most {limit:g} seconds")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    port = parse_count(text)
+    if not 0 < port < 65536:
+        raise ValueError(f"'{text}' is not a port number")
+    return port
+
+
 def _delimiter(text: str) -> str:
     if len(text) > 1 or text.isalnum() or "@" in text:
         raise ValueError(f"'{text}' is not a single punctuation character")
@@ -69,9 +100,22 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "local_sender_requires_auth": (parse_bool, "no"),
     "recipient_delimiter": (_delimiter, ""),
     "list_patterns": (_patterns(AddressPatterns), ""),
+    # DNS: nameservers empty means the system resolver.  The budget bounds the DNS time
+    # of one stage, well under the MTA's milter command timeout (Postfix: 30 s).
+    "dns_nameservers": (_nameservers, ""),
+    "dns_port": (_port, "53"),
+    "dns_timeout": (_seconds(20), "3"),
+    "dns_budget": (_seconds(25), "8"),
+    "dns_min_ttl": (parse_count, "5"),
+    "dns_max_ttl": (parse_count, "86400"),
+    "dns_negative_ttl": (parse_count, "300"),
+    "rdns": (_choice("off", "required", "forward-confirmed"), "off"),
+    "rdns_generic_names": (_patterns(DomainPatterns), ""),
+    "dnsbl_threshold": (parse_count, "1"),
 }
 # Settings that name a file, and how each file is read.
-TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners")
+TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners",
+               "dnsbl")
 RULE_FILES = {"access": "access_denied", "filters": "filter_rejected"}
 
 
@@ -92,6 +136,16 @@ class Policy:
         except KeyError:
             raise AttributeError(name) from None
 
+    @property
+    def dns_config(self) -> DnsConfig:
+        s = self.settings
+        return DnsConfig(s["dns_nameservers"], s["dns_port"], s["dns_timeout"],
+                         s["dns_min_ttl"], s["dns_max_ttl"], s["dns_negative_ttl"])
+
+    @property
+    def uses_dns(self) -> bool:
+        return self.settings["rdns"] != "off" or bool(self.tables.zones)
+
     def summary(self) -> list[str]:
         """What ``policy-milter check`` prints: one line per part of the policy."""
         t = self.tables
@@ -103,6 +157,8 @@ class Policy:
         for rl in self.rule_lists:
             lines.append(f"{rl.name}: {len(rl.mail.rules)} rules at MAIL, "
                          f"{len(rl.rcpt.rules)} at RCPT")
+        lines.append(f"dns lists: {len(t.zones)}, reverse DNS: {self.settings['rdns']}, "
+                     f"resolver: {', '.join(self.settings['dns_nameservers']) or 'system'}")
         lines.append("monitor mode: " + ("on" if self.settings["monitor"] else "off"))
         return lines
 

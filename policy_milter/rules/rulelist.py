@@ -34,6 +34,8 @@ FIELDS: dict[str, Callable[[], PatternSet[None]]] = {
     "listener": PatternSet,
 }
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
+# What a white entry skips when it names nothing: the black lists, local and DNS.
+DEFAULT_PERMIT_SKIP = frozenset({"access", "dnsbl"})
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ class RuleListParser:
         return None
 
     def _permit(self, args: list[str], line: Line, made: dict[str, object]) -> Decision | None:
-        skip = {"access"}
+        skip = set(DEFAULT_PERMIT_SKIP)
         for arg in args:
             name, eq, value = arg.partition("=")
             if name != "skip" or not eq:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from .. import catalogue
 from ..addresses import AddressError, parse_path
+from ..catalogue import Kind
 from ..patterns import DomainPatterns, PatternError, domain_name
+from ..stages import Stage
 from .source import Errors, Line, parse_count, parse_rate, parse_size
 
 
@@ -73,6 +77,54 @@ class Listener:
     where: str
     require_auth: bool = False
     max_size: int = 0
+
+
+ZONE_TARGETS = ("client", "sender", "helo", "ptr")
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A DNS list: which session facts it is asked about, and what a listing means."""
+
+    zone: str
+    where: str
+    targets: frozenset[str]
+    weight: int = 1
+    codes: tuple[tuple[int, int], ...] = ()  # answer ranges that count; empty: any 127/8
+    reply: str = "access_denied"
+    monitor: bool = False
+    txt: bool = False
+    allow: bool = False  # a white list: a listing skips the black lists
+
+    def counts(self, answer: IPv4Address) -> bool:
+        return not self.codes or any(lo <= int(answer) <= hi for lo, hi in self.codes)
+
+
+def parse_codes(text: str) -> tuple[tuple[int, int], ...]:
+    """``127.0.0.2,127.0.0.4-127.0.0.7,127.0.0.16/28`` -> inclusive integer ranges."""
+    ranges = []
+    for part in filter(None, text.split(",")):
+        try:
+            if "/" in part:
+                net = IPv4Network(part, strict=False)
+                ranges.append((int(net.network_address), int(net.broadcast_address)))
+            else:
+                lo, _, hi = part.partition("-")
+                ranges.append((int(IPv4Address(lo)), int(IPv4Address(hi or lo))))
+        except ValueError:
+            raise ValueError(f"'{part}' is not an address, range or CIDR block") from None
+    return tuple(ranges)
+
+
+def parse_reply(name: str) -> str:
+    """A reply entry for a DNS list hit: it must be a 5xx the milter can send at MAIL."""
+    try:
+        entry = catalogue.get(name)
+    except catalogue.UnknownEntry:
+        raise ValueError(f"unknown catalogue entry '{name}'") from None
+    if entry.kind is not Kind.REPLY or entry.temporary or Stage.MAIL not in entry.stages:
+        raise ValueError(f"'{name}' is not a 5xx reply the milter can send at MAIL")
+    return name
 
 
 _LIMIT_ATTRS: dict[str, Callable[[str], Any]] = {
@@ -150,6 +202,7 @@ class Tables:
     relay_domains_listed: set[str] = field(default_factory=set)
     relay_catchall: set[str] = field(default_factory=set)
     listeners: dict[str, Listener] = field(default_factory=dict)
+    zones: list[Zone] = field(default_factory=list)
 
     def domain(self, name: str) -> Domain | None:
         return next(iter(self.domains.find(name)), None) if name else None
@@ -266,6 +319,26 @@ class Tables:
             self.listeners[key.lower()] = Listener(key.lower(), line.where,
                                                    "require_auth" in flags,
                                                    attrs.get("max_size", 0))
+
+    def load_dnsbl(self, lines: list[Line], errors: Errors) -> None:
+        for line in lines:
+            key, *rest = line.words()
+            targets = set(rest[0].lower().split(",")) if rest else set()
+            if not targets or not targets <= set(ZONE_TARGETS):
+                errors.add(line.where, f"zone '{key}' needs what to look up: a comma list of "
+                           f"{', '.join(ZONE_TARGETS)}")
+                continue
+            flags, attrs = _attrs(rest[1:], line, errors, {"monitor", "txt", "allow"},
+                                  {"weight": parse_count, "codes": parse_codes,
+                                   "reply": parse_reply})
+            try:
+                zone = domain_name(key)
+            except PatternError as err:
+                errors.add(line.where, str(err))
+                continue
+            self.zones.append(Zone(zone, line.where, frozenset(targets),
+                                   **{k: v for k, v in attrs.items()},
+                                   **{f: True for f in flags}))
 
     @staticmethod
     def _domain_key(text: str, line: Line, errors: Errors, into: set[str]) -> str | None:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .dns import Resolver
+from .errors import DependencyError
 from .state import MemoryRateStore, RateStore
 
-
-class DependencyError(Exception):
-    """A service could not answer.  ``entry`` names the catalogue reply for tempfail."""
-
-    def __init__(self, service: str, message: str, entry: str = "state_tempfail") -> None:
-        super().__init__(f"{service}: {message}")
-        self.service = service
-        self.entry = entry
+__all__ = ["DependencyError", "Services"]
 
 
 @dataclass
 class Services:
+    """What tests and benchmarks swap.  ``dns`` None: built from the policy's settings."""
+
     rates: RateStore = field(default_factory=MemoryRateStore)
+    dns: Resolver | None = None

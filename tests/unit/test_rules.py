@@ -335,9 +335,9 @@ RULE_ERRORS = [
     ("client 192.0.2.1 tempfail scanner_tempfail",
      "'scanner_tempfail' cannot be sent at MAIL (where this rule is decided)"),
     ("client 192.0.2.1 permit skip=relay",
-     "permit cannot skip relay (skippable: all, access, filters, local_sender)"),
+     "permit cannot skip relay (skippable: all, access, dnsbl, filters, local_sender, rdns)"),
     ("client 192.0.2.1 permit skip=access,recipients",
-     "permit cannot skip recipients (skippable: all, access, filters, local_sender)"),
+     "permit cannot skip recipients (skippable: all, access, dnsbl, filters, local_sender, rdns)"),
     ("client 192.0.2.1 permit filters", "permit takes skip=CHECK,...; got 'filters'"),
     ("client 192.0.2.1 permit skip", "permit takes skip=CHECK,...; got 'skip'"),
     ("client 192.0.2.0/33 reject", "client: '192.0.2.0/33' is not an IP address or CIDR block"),
@@ -429,12 +429,17 @@ def test_settings_defaults(tmp_path: Path) -> None:
     p = load(tmp_path, ["# nothing set"])
     s = dict(p.settings)
     relay_networks, list_patterns = s.pop("relay_networks"), s.pop("list_patterns")
+    generic = s.pop("rdns_generic_names")
     assert s == {
         "monitor": False, "failure_action": "tempfail", "require_helo": False,
         "reject_repeated_helo": False, "check_helo_syntax": True,
         "disallowed_commands": frozenset(), "max_recipients": 100, "max_message_size": 0,
         "local_sender_requires_auth": False, "recipient_delimiter": "",
+        "dns_nameservers": (), "dns_port": 53, "dns_timeout": 3.0, "dns_budget": 8.0,
+        "dns_min_ttl": 5, "dns_max_ttl": 86400, "dns_negative_ttl": 300, "rdns": "off",
+        "dnsbl_threshold": 1,
     }
+    assert not generic
     assert [contains(relay_networks, ip) for ip in
             ("127.0.0.1", "127.255.0.9", "::1", "192.0.2.1", "::2")] == \
         [True, True, True, False, False]
@@ -819,7 +824,7 @@ def test_monitor(tmp_path: Path, file: str) -> None:
 
 
 @pytest.mark.parametrize("args, skip", [
-    ("", {"access"}),
+    ("", {"access", "dnsbl"}),
     ("skip=local_sender", {"local_sender"}),
     ("skip=filters,local_sender", {"filters", "local_sender"}),
     ("skip=access, filters", {"access", "filters"}),
@@ -829,7 +834,7 @@ def test_monitor(tmp_path: Path, file: str) -> None:
 def test_permit_skip(tmp_path: Path, args: str, skip: set[str]) -> None:
     d = decision(tmp_path, f"sender newsletter@partner.example permit {args}")
     assert (d.action, d.entry, d.skip) == (Action.PERMIT, None, frozenset(skip))
-    assert SKIPPABLE == frozenset({"access", "filters", "local_sender"})
+    assert SKIPPABLE == frozenset({"access", "filters", "local_sender", "rdns", "dnsbl"})
 
 
 def test_quarantine_and_add_header(tmp_path: Path) -> None:
