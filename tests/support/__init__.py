@@ -1,0 +1,1 @@
+"""Helpers that tests and benchmarks share: real and fake servers on loopback."""

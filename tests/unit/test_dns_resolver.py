@@ -1,0 +1,141 @@
+"""The resolver against a DNS server on loopback: outcomes, caching, de-duplication."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import wait
+
+import pytest
+
+from policy_milter.services.dns import DnsConfig, DnsError, DnsResolver, collect
+from tests.support.dnsservers import FakeDns
+
+
+@pytest.fixture
+def server() -> Iterator[FakeDns]:
+    with FakeDns() as fake:
+        yield fake
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def resolver(server: FakeDns, clock: Clock | None = None, **config: object) -> DnsResolver:
+    settings: dict[str, object] = dict(nameservers=("127.0.0.1",), port=server.port, timeout=1.0)
+    settings.update(config)
+    return DnsResolver(DnsConfig(**settings), clock=clock or time.monotonic)  # type: ignore[arg-type]
+
+
+def get(r: DnsResolver, name: str, rdtype: str = "A") -> tuple[str, ...]:
+    return collect(r.submit(name, rdtype), time.monotonic() + 5).records
+
+
+def test_records_found(server: FakeDns) -> None:
+    server.add("mx.example.test", "A", "192.0.2.1", "192.0.2.2")
+    server.add("1.2.0.192.in-addr.arpa", "PTR", "MX.Example.Test.")
+    server.add("txt.example.test", "TXT", "Listed; see", "https://bl.test/")
+    r = resolver(server)
+    assert sorted(get(r, "mx.example.test")) == ["192.0.2.1", "192.0.2.2"]
+    assert get(r, "1.2.0.192.in-addr.arpa", "PTR") == ("mx.example.test",)
+    assert sorted(get(r, "txt.example.test", "TXT")) == ["Listed; see", "https://bl.test/"]
+
+
+def test_positive_answers_are_cached_for_their_ttl(server: FakeDns) -> None:
+    server.add("mx.example.test", "A", "192.0.2.1", ttl=60)
+    clock = Clock()
+    r = resolver(server, clock)
+    get(r, "mx.example.test")
+    get(r, "MX.example.test.")
+    assert server.count("mx.example.test") == 1
+    clock.now += 61
+    get(r, "mx.example.test")
+    assert server.count("mx.example.test") == 2
+
+
+@pytest.mark.parametrize("ttl, kept", [(1, 5), (10**6, 86400)])
+def test_ttls_are_clamped(server: FakeDns, ttl: int, kept: int) -> None:
+    server.add("mx.example.test", "A", "192.0.2.1", ttl=ttl)
+    clock = Clock()
+    r = resolver(server, clock)
+    get(r, "mx.example.test")
+    clock.now += kept - 0.5
+    get(r, "mx.example.test")
+    assert server.count("mx.example.test") == 1
+    clock.now += 1
+    get(r, "mx.example.test")
+    assert server.count("mx.example.test") == 2
+
+
+@pytest.mark.parametrize("soa_ttl, kept", [(30, 30), (None, 300)])
+def test_negative_answers_are_cached_for_the_soa_time(server: FakeDns, soa_ttl: int | None,
+                                                     kept: int) -> None:
+    server.nxdomain("2.0.0.127.bl.test", soa_ttl=soa_ttl)
+    clock = Clock()
+    r = resolver(server, clock)
+    assert get(r, "2.0.0.127.bl.test") == ()
+    clock.now += kept - 0.5
+    assert get(r, "2.0.0.127.bl.test") == ()
+    assert server.count("2.0.0.127.bl.test") == 1
+    clock.now += 1
+    get(r, "2.0.0.127.bl.test")
+    assert server.count("2.0.0.127.bl.test") == 2
+
+
+def test_no_data_is_a_negative_answer(server: FakeDns) -> None:
+    server.nodata("mx.example.test", "AAAA")
+    assert get(resolver(server), "mx.example.test", "AAAA") == ()
+
+
+@pytest.mark.parametrize("fault", ["servfail", "refuse", "drop", "garbage"])
+def test_failures_raise_and_are_never_cached(server: FakeDns, fault: str) -> None:
+    getattr(server, fault)("broken.example.test")
+    r = resolver(server, timeout=0.5)
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(DnsError) as info:
+            get(r, "broken.example.test")
+        assert time.monotonic() - started < 3
+        assert info.value.entry == "dns_tempfail"
+    assert server.count("broken.example.test") >= 2
+
+
+def test_no_server_listening() -> None:
+    with FakeDns() as fake:
+        port = fake.port
+    r = DnsResolver(DnsConfig(nameservers=("127.0.0.1",), port=port, timeout=0.5))
+    with pytest.raises(DnsError):
+        get(r, "mx.example.test")
+
+
+def test_identical_lookups_in_flight_are_made_once(server: FakeDns) -> None:
+    server.add("slow.example.test", "A", "192.0.2.1", delay=0.3)
+    r = resolver(server)
+    futures = [r.submit("slow.example.test", "A") for _ in range(50)]
+    wait(futures, timeout=5)
+    assert {f.result().records for f in futures} == {("192.0.2.1",)}
+    assert server.count("slow.example.test") == 1
+
+
+def test_lookups_run_in_parallel(server: FakeDns) -> None:
+    for i in range(8):
+        server.add(f"n{i}.example.test", "A", "192.0.2.1", delay=0.3)
+    r = resolver(server)
+    started = time.monotonic()
+    futures = [r.submit(f"n{i}.example.test", "A") for i in range(8)]
+    assert all(collect(f, started + 5).records for f in futures)
+    assert time.monotonic() - started < 0.3 * 3  # eight in sequence would take 2.4 s
+
+
+def test_collect_respects_the_deadline(server: FakeDns) -> None:
+    server.add("slow.example.test", "A", "192.0.2.1", delay=1.0)
+    r = resolver(server, timeout=3.0)
+    started = time.monotonic()
+    with pytest.raises(DnsError, match="budget"):
+        collect(r.submit("slow.example.test", "A"), started + 0.2)
+    assert time.monotonic() - started < 0.5
