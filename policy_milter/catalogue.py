@@ -120,6 +120,8 @@ _ROWS = (
            "Content scanner unavailable, try again later", S.EOM),
     _entry("state_tempfail", None, "451", "4.3.0", "Temporary local problem, try again later"),
     _entry("internal_tempfail", None, "451", "4.3.0", "Internal error, try again later"),
+    _entry("shutdown_tempfail", None, "451", "4.3.2", "Service shutting down, try again later",
+           S.CONNECT),
 )
 
 ENTRIES: dict[str, Entry] = {e.name: e for e in _ROWS}

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import __version__, catalogue
@@ -102,13 +103,14 @@ class Server:
     """
 
     SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    GRACE = 30.0  # seconds open sessions get to finish after SIGTERM
 
     def __init__(self, engine: Engine, log: DecisionLog, args: argparse.Namespace) -> None:
         self.engine, self.log, self.args = engine, log, args
         self.error: BaseException | None = None
 
     def serve(self) -> int:
-        from .milter import serve, stop  # the adapter loads pymilter only when serving
+        from .milter import serve  # the adapter loads pymilter only when serving
 
         signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         path = self.args.socket.partition(":")[2]
@@ -125,13 +127,27 @@ class Server:
             if sig == signal.SIGHUP:
                 self.reload()
             elif sig in (signal.SIGTERM, signal.SIGINT):
-                self.log.event("stop", signal=signal.Signals(sig).name)
-                stop()
-                worker.join(timeout=30)
+                self.log.event("stop", signal=signal.Signals(sig).name,
+                               open_sessions=self.engine.open_sessions)
+                # libmilter's stop() holds up the sessions still open until its workers
+                # time out, so new connections are told to retry instead, open ones
+                # finish, and then the process leaves (the MTA's default action covers
+                # whatever comes after).
+                self.engine.stopping = True
+                self._drain()
+                if self.args.socket.startswith(("unix:", "local:")):
+                    Path(path).unlink(missing_ok=True)
+                break
         if self.error is not None:
             self.log.event("error", level=logging.ERROR, error=str(self.error))
             return EXIT_RUNTIME
         return 0
+
+    def _drain(self) -> None:
+        """Let open sessions finish (the MTA tempfails any cut off), then leave."""
+        deadline = time.monotonic() + self.GRACE
+        while self.engine.open_sessions > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _milter(self, serve, main: int | None) -> None:  # type: ignore[no-untyped-def]
         try:

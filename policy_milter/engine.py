@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,12 +141,26 @@ class Engine:
         self.services = services or Services()
         self.log = log or DecisionLog()
         self.plan = Plan.build(policy, self.services)
+        self._open = 0
+        self._lock = threading.Lock()
+        self.stopping = False  # set on SIGTERM: new connections are told to come back
 
     def reload(self, policy: Policy) -> None:
         self.plan = Plan.build(policy, self.services, self.plan)
 
     def session(self) -> Session:
-        return Session(self.plan, self.services, self.log)
+        with self._lock:
+            self._open += 1
+        return Session(self.plan, self.services, self.log, self._closed, self.stopping)
+
+    def _closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    @property
+    def open_sessions(self) -> int:
+        """Connections not yet closed: a stopping milter waits for them to finish."""
+        return self._open
 
 
 def _guarded(method: F) -> F:
@@ -168,8 +183,11 @@ def _guarded(method: F) -> F:
 class Session:
     """One SMTP connection as the engine sees it."""
 
-    def __init__(self, plan: Plan, services: Services, log: DecisionLog) -> None:
+    def __init__(self, plan: Plan, services: Services, log: DecisionLog,
+                 on_close: Callable[[], None] = lambda: None, stopping: bool = False) -> None:
         self.plan = plan
+        self._on_close = on_close
+        self.stopping = stopping
         self.policy = plan.policy
         self.services = services
         self.log = log
@@ -234,6 +252,10 @@ class Session:
         self.conn.client_addr = client_ip(address)
         self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name
         self.conn.listener = listener
+        if self.stopping:
+            return self._stopped(Stage.CONNECT, Decision(
+                Action.TEMPFAIL, catalogue.get("shutdown_tempfail"), rule="builtin:stopping",
+                check="protocol", detail="the milter is stopping"), time.perf_counter())
         self._prefetch(Stage.CONNECT)
         return CONTINUE
 
@@ -336,3 +358,9 @@ class Session:
 
     def abort(self) -> None:
         self.txn = None
+
+    def close(self) -> None:
+        """The connection is gone; only the first call counts."""
+        self.txn = None
+        on_close, self._on_close = self._on_close, lambda: None
+        on_close()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import Milter
-import milter as libmilter  # pymilter's C module: stop() and the exception policy
+import milter as libmilter  # pymilter's C module: the exception policy
 
 from . import catalogue
 from .decision import Action, Decision
@@ -74,10 +74,11 @@ class PolicyMilter(Milter.Base):
         needs = self.session.plan.needs
         offered_actions, offered_protocol = opts[0], opts[1]
         wanted = 0
+        noreply = needs.noreply - {Stage.CONNECT} if self.session.stopping else needs.noreply
         for stage, (no_bit, no_reply_bit) in _CALLBACK_BITS.items():
             if stage not in needs.callbacks:
                 wanted |= no_bit
-            elif stage in needs.noreply:
+            elif stage in noreply:
                 wanted |= no_reply_bit
         actions = Milter.SETSYMLIST
         for name in needs.actions:
@@ -164,16 +165,14 @@ class PolicyMilter(Milter.Base):
         return Milter.CONTINUE
 
     def close(self) -> int:
+        self.session.close()
         return Milter.CONTINUE
 
 
 def serve(engine: Engine, socket_spec: str, name: str = "policy-milter",
           timeout: int = 600) -> None:
-    """Serve until libmilter stops (``stop()``); blocks the calling thread."""
+    """Serve until the process ends; blocks the calling thread."""
     Milter.factory = lambda: PolicyMilter(engine)
     libmilter.set_exception_policy(Milter.TEMPFAIL)
     Milter.runmilter(name, socket_spec, timeout)
 
-
-def stop() -> None:
-    libmilter.stop()

@@ -12,67 +12,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from policy_milter import catalogue
-from policy_milter.mtaclient import MilterClient, Reply
+from policy_milter.mtaclient import Reply
 from tests.conftest import FIXTURE_RULES, REPO
 from tests.milter.conftest import MilterProcess
+from tests.support.session import Scenario, assert_reply, drive
 
 MESSAGE = b"From: a@sender.example\r\nTo: postmaster@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
-
-
-@dataclass
-class Scenario:
-    """One SMTP session, stopped at ``stage`` where the reply is taken."""
-
-    entry: str
-    stage: str
-    addr: str = "192.0.2.10"
-    listener: str = "smtpd"
-    helo: tuple[str, ...] = ("mx.sender.example",)
-    login: str = ""
-    sender: str = "<a@sender.example>"
-    params: tuple[str, ...] = ()
-    rcpts: tuple[str, ...] = ("<postmaster@example.com>",)
-    unknown: str = ""
-    body: bytes = b"Hello.\r\n"
-
-
-def drive(client: MilterClient, s: Scenario) -> Reply:
-    """Run the session like an MTA; the reply of the scenario's stage."""
-    reply = client.connect("mx.sender.example", s.addr, 40000,
-                           macros={"{daemon_name}": s.listener})
-    if s.stage == "unknown":
-        return client.unknown(s.unknown)
-    for name in s.helo:
-        reply = client.helo(name)
-    if s.stage == "helo":
-        return reply
-    reply = client.mail(s.sender, *s.params,
-                        macros={"{auth_authen}": s.login, "i": ""})
-    if s.stage == "mail":
-        return reply
-    for rcpt in s.rcpts:
-        reply = client.rcpt(rcpt, macros={"i": "QID1"})
-        if not reply.passed:
-            break
-    if s.stage == "rcpt":
-        return reply
-    reply = client.data(macros={"i": "QID1"})
-    if s.stage == "data":
-        return reply
-    result = client.message(b"Subject: test\r\n\r\n" + s.body)
-    return result if isinstance(result, Reply) else result.reply
-
-
-def assert_reply(reply: Reply, name: str) -> None:
-    e = catalogue.get(name)
-    assert (reply.action, reply.code, reply.enhanced, reply.text) == (
-        "replycode", e.code, e.enhanced, e.text), reply
 
 
 ROWS = {
@@ -279,3 +229,18 @@ def test_concurrent_connections(milter: MilterProcess) -> None:
 def test_unix_socket_has_the_requested_mode(milter: MilterProcess) -> None:
     path = Path(milter.socket.partition(":")[2])
     assert path.stat().st_mode & 0o777 == 0o660
+
+
+def test_sigterm_lets_open_sessions_finish(fresh_milter: Callable[..., MilterProcess]) -> None:
+    process = fresh_milter(FIXTURE_RULES)
+    with process.client() as client:
+        assert drive(client, Scenario("", "mail")).passed
+        process.proc.send_signal(15)
+        process.wait_for_log("event=stop signal=SIGTERM open_sessions=1")
+        assert client.rcpt("<postmaster@example.com>").passed
+        assert client.data().passed
+        assert not isinstance(client.message(MESSAGE), Reply)
+        with process.client() as late:  # new connections are told to come back later
+            assert_reply(late.connect("mx.sender.example", "192.0.2.10", 4000),
+                         "shutdown_tempfail")
+    assert process.proc.wait(timeout=10) == 0
