@@ -33,7 +33,7 @@ class Decision:
     check: str = ""
     detail: str = ""
     skip: frozenset[str] = frozenset()
-    header: tuple[str, str] | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # for ADD_HEADER
     reason: str = ""  # quarantine reason
     monitor: bool = False
 

@@ -22,6 +22,7 @@ from .checks import access, auth, dnsbl, limits, protocol, rdns, recipients, rel
 from .checks.base import Check, Context
 from .decision import CONTINUE, Action, Decision
 from .log import DecisionLog
+from .message import MessageBuffer
 from .model import Connection, Transaction, client_ip
 from .rules.policy import Policy
 from .services import DependencyError, Services
@@ -51,6 +52,7 @@ class Plan:
     checks: dict[Stage, tuple[Check, ...]]
     counts_size: bool
     needs: Needs
+    keeps_message: bool  # a content check reads the message: buffer it
     dns: Resolver | None = None
     prefetch: dict[Stage, tuple[Prefetch, ...]] = dataclasses.field(default_factory=dict)
 
@@ -86,16 +88,23 @@ class Plan:
             Stage.EOM: [
                 Check(protocol.CHECK, Stage.EOM, protocol.has_recipients),
                 *([Check(size.CHECK, Stage.EOM, size.counted)] if counts_size else []),
+                *(c for c in rule_checks if c.stage is Stage.EOM),
             ],
         }
+        content_fields = {c.field for rl in policy.rule_lists for r in rl.eom.rules
+                          for c in r.conditions}
+        keeps_message = bool(content_fields)
+        reads_body = bool(content_fields - {"header"})
         decisions = [r.decision for rl in policy.rule_lists
-                     for index in (rl.mail, rl.rcpt) for r in index.rules]
+                     for _, index in rl.stages() for r in index.rules]
         rcpt_discards = any(r.decision.action is Action.DISCARD
                             for rl in policy.rule_lists for r in rl.rcpt.rules)
         callbacks = {Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA,
                      Stage.UNKNOWN, Stage.EOM}
-        if counts_size:
-            callbacks |= {Stage.HEADER, Stage.BODY}
+        if counts_size or keeps_message:
+            callbacks.add(Stage.HEADER)
+        if counts_size or reads_body:
+            callbacks.add(Stage.BODY)
         needs = Needs(
             callbacks=frozenset(callbacks),
             noreply=frozenset({Stage.CONNECT, Stage.HEADER, Stage.BODY}
@@ -112,7 +121,7 @@ class Plan:
             rdns_first = (rdns.prefetch,) if policy.rdns != "off" else ()
             prefetch = {Stage.CONNECT: rdns_first + lists, Stage.HELO: lists, Stage.MAIL: lists}
         return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs,
-                   _resolver(policy, services, previous), prefetch)
+                   keeps_message, _resolver(policy, services, previous), prefetch)
 
 
 def _resolver(policy: Policy, services: Services, previous: Plan | None) -> Resolver | None:
@@ -273,7 +282,7 @@ class Session:
     @_guarded
     def mail(self, arg: str, params: Sequence[str], auth_login: str, queue_id: str) -> Decision:
         started = time.perf_counter()
-        self.txn = None
+        self._end_transaction()
         self.conn.auth_login = auth_login
         parsed = protocol.parse_command(arg, params, mail=True)
         if isinstance(parsed, Decision):
@@ -315,10 +324,24 @@ class Session:
             self.txn.queue_id = queue_id or self.txn.queue_id
         return self._run(Stage.DATA, self._context(), started)
 
-    def count(self, octets: int) -> None:
-        """Add header or body octets to the message size (only negotiated when limits exist)."""
-        if self.txn is not None:
-            self.txn.size += octets
+    def header(self, name: str, value: bytes) -> None:
+        """A header field (negotiated only when sizes are counted or content is read)."""
+        txn = self.txn
+        if txn is None:
+            return
+        txn.size += len(name) + len(value) + 4  # "Name: value\r\n"
+        if self.plan.keeps_message:
+            if txn.message is None:
+                txn.message = MessageBuffer()
+            txn.message.header(name, value)
+
+    def body(self, chunk: bytes) -> None:
+        txn = self.txn
+        if txn is None:
+            return
+        txn.size += len(chunk)
+        if txn.message is not None:
+            txn.message.body(chunk)
 
     @_guarded
     def eom(self, queue_id: str) -> Outcome:
@@ -326,10 +349,12 @@ class Session:
         txn = self.txn
         if txn is not None:
             txn.queue_id = queue_id or txn.queue_id
-            txn.size += 2 if self.plan.counts_size else 0  # the empty line after the header
+            txn.size += 2  # the empty line after the header
         ctx = self._context()
-        decision = self._run(Stage.EOM, ctx, started)
-        self.txn = None
+        try:
+            decision = self._run(Stage.EOM, ctx, started)
+        finally:
+            self._end_transaction()
         if decision.stops or txn is None:
             return Outcome(decision)
         if txn.discarded and len(txn.discarded) == len(txn.recipients):
@@ -343,8 +368,8 @@ class Session:
         limits.record_sent(ctx)
         outcome = Outcome(CONTINUE)
         for decision in txn.deferred:
-            if decision.action is Action.ADD_HEADER and decision.header:
-                outcome.add_headers.append(decision.header)
+            if decision.action is Action.ADD_HEADER:
+                outcome.add_headers.extend(decision.headers)
             elif decision.action is Action.QUARANTINE and not outcome.quarantine:
                 outcome.quarantine = decision.reason
         outcome.delete_recipients = [str(r) for r in txn.discarded]
@@ -356,11 +381,16 @@ class Session:
         started = time.perf_counter()
         return self._stopped(Stage.UNKNOWN, protocol.unknown(self._context(), command), started)
 
-    def abort(self) -> None:
+    def _end_transaction(self) -> None:
+        if self.txn is not None:
+            self.txn.close()
         self.txn = None
+
+    def abort(self) -> None:
+        self._end_transaction()
 
     def close(self) -> None:
         """The connection is gone; only the first call counts."""
-        self.txn = None
+        self._end_transaction()
         on_close, self._on_close = self._on_close, lambda: None
         on_close()

@@ -134,12 +134,14 @@ class PolicyMilter(Milter.Base):
 
     @_safe(Stage.HEADER)
     def header_bytes(self, name: bytes | str, value: bytes) -> int:
-        self.session.count(len(name) + len(value) + 4)  # "Name: value\r\n"
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "surrogateescape")
+        self.session.header(name, value)
         return self._answer(Decision(Action.CONTINUE), Stage.HEADER)
 
     @_safe(Stage.BODY)
     def body(self, chunk: bytes) -> int:
-        self.session.count(len(chunk))
+        self.session.body(chunk)
         return self._answer(Decision(Action.CONTINUE), Stage.BODY)
 
     @_safe(Stage.UNKNOWN)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .addresses import Address
 from .decision import Decision
+from .message import MessageBuffer
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -64,3 +65,10 @@ class Transaction:
     bypass: frozenset[str] = frozenset()
     deferred: list[Decision] = field(default_factory=list)  # quarantine / add-header for eom
     size: int = 0  # header + body octets counted so far
+    message: MessageBuffer | None = None  # kept only when a content check will read it
+
+    def close(self) -> None:
+        """Release the spooled message (the transaction ended, however)."""
+        if self.message is not None:
+            self.message.close()
+            self.message = None

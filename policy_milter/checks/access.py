@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..decision import Decision
 from ..rules.rulelist import RuleIndex, RuleList
-from ..stages import Stage
 from .base import Check, Context
 
 
@@ -17,6 +16,5 @@ def _walk(index: RuleIndex):  # type: ignore[no-untyped-def]
 
 def checks(rule_list: RuleList) -> list[Check]:
     """One check per stage that has rules; empty stages cost nothing."""
-    return [Check(rule_list.name, stage, _walk(index))
-            for stage, index in ((Stage.MAIL, rule_list.mail), (Stage.RCPT, rule_list.rcpt))
+    return [Check(rule_list.name, stage, _walk(index)) for stage, index in rule_list.stages()
             if index]

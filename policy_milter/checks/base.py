@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .. import catalogue
@@ -13,7 +14,9 @@ from ..decision import Action, Decision
 from ..model import Connection, Transaction
 from ..patterns import contains
 from ..rules.policy import Policy
+from ..rules.rulelist import CONTENT_FIELDS
 from ..rules.tables import Account, Domain
+from ..content import MessageFacts
 from ..log import DecisionLog
 from ..services import Services
 from ..services.dns import Answer, DnsError, Resolver
@@ -66,9 +69,16 @@ class Context:
     def sender_domain(self) -> Domain | None:
         return self.policy.tables.domain(self.sender.domain) if self.txn else None
 
+    @cached_property
+    def facts(self) -> MessageFacts | None:
+        """The message's contents for content rules, when it was kept."""
+        message = self.txn.message if self.txn else None
+        return MessageFacts(message, self.policy.content_max_size) if message else None
+
     def rule_values(self) -> dict[str, Any]:
         """The facts rule conditions match against, built once per evaluation."""
         if self._values is None:
+            facts = self.facts
             self._values = {
                 "client": self.conn.client_addr,
                 "client_name": self.conn.client_name or None,
@@ -77,6 +87,7 @@ class Context:
                 "recipient": self.rcpt,
                 "listener": self.conn.listener or None,
                 "authenticated": self.conn.authenticated,
+                **{name: facts for name in CONTENT_FIELDS},
             }
         return self._values
 

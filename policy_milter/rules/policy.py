@@ -112,6 +112,8 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "rdns": (_choice("off", "required", "forward-confirmed"), "off"),
     "rdns_generic_names": (_patterns(DomainPatterns), ""),
     "dnsbl_threshold": (parse_count, "1"),
+    # Content rules parse messages up to this size; larger ones are matched on headers.
+    "content_max_size": (parse_size, "10M"),
 }
 # Settings that name a file, and how each file is read.
 TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners",

@@ -20,19 +20,29 @@ from pathlib import Path
 from .. import catalogue
 from ..catalogue import Entry, Kind
 from ..decision import Action, Decision
+from ..content import (AttachmentPatterns, BodyPatterns, ContentPatterns, HeaderPatterns,
+                       MimeTypePatterns)
 from ..patterns import (AddressPatterns, DomainPatterns, NetworkPatterns, PatternError,
                         PatternSet)
 from ..stages import Stage
 from .source import Errors, Line, parse_bool, read_lines
 
-FIELDS: dict[str, Callable[[], PatternSet[None]]] = {
+FIELDS: dict[str, Callable[[], PatternSet[None] | ContentPatterns[None]]] = {
     "client": NetworkPatterns,
     "client_name": DomainPatterns,
     "helo": DomainPatterns,
     "sender": AddressPatterns,
     "recipient": AddressPatterns,
     "listener": PatternSet,
+    "header": HeaderPatterns,
+    "body": BodyPatterns,
+    "attachment": AttachmentPatterns,
+    "mime_type": MimeTypePatterns,
 }
+# Conditions on the message itself: their rules are decided at end of message, and a
+# bare `reject` there is the content filter's reply.
+CONTENT_FIELDS = frozenset({"header", "body", "attachment", "mime_type"})
+_WHOLE_VALUE = frozenset({"header", "body"})  # a regex may hold commas
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 # What a white entry skips when it names nothing: the black lists, local and DNS.
 DEFAULT_PERMIT_SKIP = frozenset({"access", "dnsbl"})
@@ -42,7 +52,7 @@ DEFAULT_PERMIT_SKIP = frozenset({"access", "dnsbl"})
 class Condition:
     field: str
     texts: tuple[str, ...]
-    patterns: PatternSet[None] | None  # None for 'authenticated'
+    patterns: PatternSet[None] | ContentPatterns[None] | None  # None for 'authenticated'
     wanted: bool = True  # for 'authenticated yes|no'
 
     def matches(self, values: Mapping[str, object]) -> bool:
@@ -60,10 +70,18 @@ class Rule:
 
     @property
     def stage(self) -> Stage:
-        return Stage.RCPT if any(c.field == "recipient" for c in self.conditions) else Stage.MAIL
+        return stage_of(self.conditions)
 
     def matches(self, values: Mapping[str, object]) -> bool:
         return all(c.matches(values) for c in self.conditions)
+
+
+def stage_of(conditions: tuple[Condition, ...] | list[Condition]) -> Stage:
+    """End of message for content conditions, else RCPT for recipients, else MAIL."""
+    fields = {c.field for c in conditions}
+    if fields & CONTENT_FIELDS:
+        return Stage.EOM
+    return Stage.RCPT if "recipient" in fields else Stage.MAIL
 
 
 class RuleIndex:
@@ -106,6 +124,10 @@ class RuleList:
     name: str
     mail: RuleIndex
     rcpt: RuleIndex
+    eom: RuleIndex
+
+    def stages(self) -> tuple[tuple[Stage, RuleIndex], ...]:
+        return ((Stage.MAIL, self.mail), (Stage.RCPT, self.rcpt), (Stage.EOM, self.eom))
 
 
 def _rest(line: Line, verb: str) -> str:
@@ -125,8 +147,10 @@ class RuleListParser:
 
     def parse(self, lines: list[Line], base: Path) -> RuleList:
         rules = [r for line in lines if (r := self._rule(line, base)) is not None]
-        return RuleList(self.name, RuleIndex([r for r in rules if r.stage is Stage.MAIL]),
-                        RuleIndex([r for r in rules if r.stage is Stage.RCPT]))
+        by_stage = {stage: RuleIndex([r for r in rules if r.stage is stage])
+                    for stage in (Stage.MAIL, Stage.RCPT, Stage.EOM)}
+        return RuleList(self.name, by_stage[Stage.MAIL], by_stage[Stage.RCPT],
+                        by_stage[Stage.EOM])
 
     def _rule(self, line: Line, base: Path) -> Rule | None:
         words = line.words()
@@ -146,8 +170,7 @@ class RuleListParser:
         if not words:
             self.errors.add(line.where, "the rule has no action")
             return None
-        stage = Stage.RCPT if any(c.field == "recipient" for c in conditions) else Stage.MAIL
-        decision = self._action(words, line, stage, monitor)
+        decision = self._action(words, line, stage_of(conditions), monitor)
         return None if decision is None else Rule(line.where, tuple(conditions), decision)
 
     def _condition(self, field: str, value: str, line: Line, base: Path) -> Condition | None:
@@ -157,7 +180,7 @@ class RuleListParser:
             except ValueError as err:
                 self.errors.add(line.where, f"authenticated: {err}")
                 return None
-        texts = self._texts(value, line, base)
+        texts = [(value, line.where)] if field in _WHOLE_VALUE else self._texts(value, line, base)
         patterns = FIELDS[field]()
         ok = True
         for text, where in texts:
@@ -188,7 +211,8 @@ class RuleListParser:
             if len(args) > 1:
                 self.errors.add(line.where, f"{verb} takes at most one catalogue entry name")
                 return None
-            default = self.default_reject if verb == "reject" else catalogue.get("state_tempfail")
+            default = catalogue.get("state_tempfail") if verb == "tempfail" else (
+                catalogue.get("content_rejected") if stage is Stage.EOM else self.default_reject)
             entry = self._entry(args[0] if args else default.name, verb, stage, line)
             return entry and Decision(Action(verb), entry, **made)
         if verb in ("deny", "discard") and not args:
@@ -225,8 +249,8 @@ class RuleListParser:
         if not colon or not _HEADER_NAME.fullmatch(name.strip()) or not value.strip():
             self.errors.add(line.where, "add_header takes 'Name: value'")
             return None
-        return Decision(Action.ADD_HEADER, header=(name.strip(), value.strip()),  # type: ignore[arg-type]
-                        **made)
+        return Decision(Action.ADD_HEADER,  # type: ignore[arg-type]
+                        headers=((name.strip(), value.strip()),), **made)
 
     def _entry(self, name: str, verb: str, stage: Stage, line: Line) -> Entry | None:
         try:

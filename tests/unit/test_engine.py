@@ -279,7 +279,7 @@ def test_declared_size_per_recipient(session: Session) -> None:
 def test_counted_size_at_end_of_message(session: Session) -> None:
     session.mail("<a@sender.example>", [], "", "")
     session.rcpt("<carol@example.com>", [], "")
-    session.count(2000)
+    session.body(b"x" * 2000)
     assert entry(session.eom("").decision) == "mailbox_size_exceeded"
 
 

@@ -304,7 +304,8 @@ def test_table_errors(tmp_path: Path, table: str, lines: list[str],
 # --- errors: rule lists --------------------------------------------------------------
 
 ACTIONS = "permit, reject, tempfail, deny, discard, quarantine or add_header"
-FIELD_NAMES = "client, client_name, helo, sender, recipient, listener, authenticated"
+FIELD_NAMES = ("client, client_name, helo, sender, recipient, listener, header, body, attachment, "
+               "mime_type, authenticated")
 
 RULE_ERRORS = [
     ("from @spammer.example reject",
@@ -437,7 +438,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "local_sender_requires_auth": False, "recipient_delimiter": "",
         "dns_nameservers": (), "dns_port": 53, "dns_timeout": 3.0, "dns_budget": 8.0,
         "dns_min_ttl": 5, "dns_max_ttl": 86400, "dns_negative_ttl": 300, "rdns": "off",
-        "dnsbl_threshold": 1,
+        "dnsbl_threshold": 1, "content_max_size": 10 * 1024**2,
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
@@ -846,14 +847,14 @@ def test_quarantine_and_add_header(tmp_path: Path) -> None:
         "sender @y.example       add_header X-Note:a: b",
         "recipient @example.com  add_header   X-Rcpt:   local  ",
     ]), "filters")
-    got = [(r.decision.action, r.decision.reason, r.decision.header)
+    got = [(r.decision.action, r.decision.reason, r.decision.headers)
            for r in rl.mail.rules + rl.rcpt.rules]
     assert got == [
-        (Action.QUARANTINE, "held for review", None),
-        (Action.QUARANTINE, f"{filters}:2", None),
-        (Action.ADD_HEADER, "", ("X-Vendor", "yes")),
-        (Action.ADD_HEADER, "", ("X-Note", "a: b")),
-        (Action.ADD_HEADER, "", ("X-Rcpt", "local")),
+        (Action.QUARANTINE, "held for review", ()),
+        (Action.QUARANTINE, f"{filters}:2", ()),
+        (Action.ADD_HEADER, "", (("X-Vendor", "yes"),)),
+        (Action.ADD_HEADER, "", (("X-Note", "a: b"),)),
+        (Action.ADD_HEADER, "", (("X-Rcpt", "local"),)),
     ]
 
 
@@ -895,7 +896,7 @@ def test_action_text_is_kept_as_written(tmp_path: Path) -> None:
     p = load(tmp_path, access=["sender @a.example add_header X-Note: a, b,  c",
                                "sender @b.example quarantine held, see ticket 42"])
     first, second = rule_list(p, "access").mail.rules
-    assert first.decision.header == ("X-Note", "a, b,  c")
+    assert first.decision.headers == (("X-Note", "a, b,  c"),)
     assert second.decision.reason == "held, see ticket 42"
 
 
