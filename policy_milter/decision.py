@@ -34,6 +34,7 @@ class Decision:
     detail: str = ""
     skip: frozenset[str] = frozenset()
     headers: tuple[tuple[str, str], ...] = ()  # for ADD_HEADER
+    subject_prefix: str = ""  # for ADD_HEADER: tag the Subject too
     reason: str = ""  # quarantine reason
     monitor: bool = False
 

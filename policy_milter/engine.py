@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from . import catalogue
 from .addresses import Address
-from .checks import access, auth, dnsbl, limits, protocol, rdns, recipients, relay, size
+from .checks import (access, auth, dnsbl, limits, protocol, rdns, recipients, relay, size,
+                     spam, virus)
 from .checks.base import Check, Context
 from .decision import CONTINUE, Action, Decision
 from .log import DecisionLog
@@ -26,7 +27,9 @@ from .message import MessageBuffer
 from .model import Connection, Transaction, client_ip
 from .rules.policy import Policy
 from .services import DependencyError, Services
+from .services.clamd import Clamd, VirusScanner
 from .services.dns import DnsResolver, Resolver
+from .services.spamd import Spamd, SpamScanner
 from .stages import Stage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,12 +58,20 @@ class Plan:
     keeps_message: bool  # a content check reads the message: buffer it
     dns: Resolver | None = None
     prefetch: dict[Stage, tuple[Prefetch, ...]] = dataclasses.field(default_factory=dict)
+    virus: VirusScanner | None = None
+    spam: SpamScanner | None = None
 
     @classmethod
     def build(cls, policy: Policy, services: Services, previous: Plan | None = None) -> Plan:
         """``previous`` lends its resolver (and cache) when the DNS settings did not change."""
         rule_checks = [c for rl in policy.rule_lists for c in access.checks(rl)]
         counts_size = size.limits_configured(policy)
+        virus_scanner = services.virus or (
+            Clamd(policy.clamd, policy.clamd_timeout, policy.clamd_max_size)
+            if policy.clamd else None)
+        spam_scanner = services.spam or (
+            Spamd(policy.spamd, policy.spamd_timeout, policy.spamd_user)
+            if policy.spamd else None)
         helo_checks = policy.check_helo_syntax or policy.reject_repeated_helo
         plan: dict[Stage, list[Check]] = {
             Stage.HELO: [Check(protocol.CHECK, Stage.HELO, protocol.helo)] if helo_checks else [],
@@ -89,12 +100,16 @@ class Plan:
                 Check(protocol.CHECK, Stage.EOM, protocol.has_recipients),
                 *([Check(size.CHECK, Stage.EOM, size.counted)] if counts_size else []),
                 *(c for c in rule_checks if c.stage is Stage.EOM),
+                *([Check(virus.CHECK, Stage.EOM, virus.check, failure="virus_failure_action")]
+                  if virus_scanner else []),
+                *([Check(spam.CHECK, Stage.EOM, spam.check)] if spam_scanner else []),
             ],
         }
         content_fields = {c.field for rl in policy.rule_lists for r in rl.eom.rules
                           for c in r.conditions}
-        keeps_message = bool(content_fields)
-        reads_body = bool(content_fields - {"header"})
+        scans = bool(virus_scanner or spam_scanner)
+        keeps_message = bool(content_fields) or scans
+        reads_body = bool(content_fields - {"header"}) or scans
         decisions = [r.decision for rl in policy.rule_lists
                      for _, index in rl.stages() for r in index.rules]
         rcpt_discards = any(r.decision.action is Action.DISCARD
@@ -113,7 +128,11 @@ class Plan:
                 [name for name, action in (("addheader", Action.ADD_HEADER),
                                            ("quarantine", Action.QUARANTINE))
                  if any(d.action is action for d in decisions)]
-                + (["delrcpt"] if rcpt_discards else [])),
+                + (["delrcpt"] if rcpt_discards else [])
+                + (["addheader"] if spam_scanner else [])
+                + (["chgheader"] if spam_scanner and policy.spam_subject_tag else [])
+                + (["quarantine"] if virus_scanner and policy.virus_action == "quarantine"
+                   else [])),
         )
         prefetch: dict[Stage, tuple[Prefetch, ...]] = {}
         if policy.uses_dns:
@@ -121,7 +140,13 @@ class Plan:
             rdns_first = (rdns.prefetch,) if policy.rdns != "off" else ()
             prefetch = {Stage.CONNECT: rdns_first + lists, Stage.HELO: lists, Stage.MAIL: lists}
         return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs,
-                   keeps_message, _resolver(policy, services, previous), prefetch)
+                   keeps_message, _resolver(policy, services, previous), prefetch,
+                   virus_scanner, spam_scanner)
+
+
+def _tagged_subject(txn: Transaction, prefix: str) -> tuple[str, int, str]:
+    subject = txn.message.first("Subject") if txn.message else None
+    return "Subject", 1, f"{prefix} {subject or ''}".strip()
 
 
 def _resolver(policy: Policy, services: Services, previous: Plan | None) -> Resolver | None:
@@ -138,6 +163,7 @@ class Outcome:
 
     decision: Decision
     add_headers: list[tuple[str, str]] = field(default_factory=list)
+    change_headers: list[tuple[str, int, str]] = field(default_factory=list)  # name, index, value
     delete_recipients: list[str] = field(default_factory=list)
     quarantine: str = ""
 
@@ -205,8 +231,8 @@ class Session:
 
     def _context(self, rcpt: Address | None = None) -> Context:
         bypass = self.txn.bypass if self.txn else frozenset()
-        return Context(self.policy, self.services, self.log, self.plan.dns, self.conn, self.txn,
-                       rcpt, bypass)
+        return Context(self.policy, self.services, self.log, self.plan.dns, self.plan.virus,
+                       self.plan.spam, self.conn, self.txn, rcpt, bypass)
 
     def _prefetch(self, stage: Stage) -> None:
         """Start the slow lookups the later stages will need; a failure here only logs."""
@@ -245,7 +271,7 @@ class Session:
             return check.run(ctx)
         except DependencyError as err:
             detail = f"{err.service} failed: {err}"
-            if self.policy.failure_action == "accept":
+            if self.policy.settings[check.failure] == "accept":
                 self.log.dependency_failure(check.name, self.conn, self.txn, detail, "accept")
                 return None
             return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=f"service:{err.service}",
@@ -370,6 +396,8 @@ class Session:
         for decision in txn.deferred:
             if decision.action is Action.ADD_HEADER:
                 outcome.add_headers.extend(decision.headers)
+                if decision.subject_prefix:
+                    outcome.change_headers.append(_tagged_subject(txn, decision.subject_prefix))
             elif decision.action is Action.QUARANTINE and not outcome.quarantine:
                 outcome.quarantine = decision.reason
         outcome.delete_recipients = [str(r) for r in txn.discarded]

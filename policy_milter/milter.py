@@ -32,8 +32,8 @@ _CALLBACK_BITS = {
     Stage.EOH: (Milter.P_NOEOH, Milter.P_NR_EOH),
     Stage.BODY: (Milter.P_NOBODY, Milter.P_NR_BODY),
 }
-_ACTION_BITS = {"addheader": Milter.ADDHDRS, "delrcpt": Milter.DELRCPT,
-                "quarantine": Milter.QUARANTINE}
+_ACTION_BITS = {"addheader": Milter.ADDHDRS, "chgheader": Milter.CHGHDRS,
+                "delrcpt": Milter.DELRCPT, "quarantine": Milter.QUARANTINE}
 # The macros each stage reads; requested so the MTA sends these and nothing else.
 MACROS = {
     Milter.M_CONNECT: "{daemon_name}",
@@ -156,6 +156,8 @@ class PolicyMilter(Milter.Base):
         if not outcome.decision.stops:
             for name, value in outcome.add_headers:
                 self.addheader(name, value)
+            for name, index, value in outcome.change_headers:
+                self.chgheader(name, index, value)
             for rcpt in outcome.delete_recipients:
                 self.delrcpt(rcpt)
             if outcome.quarantine:

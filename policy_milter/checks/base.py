@@ -19,7 +19,9 @@ from ..rules.tables import Account, Domain
 from ..content import MessageFacts
 from ..log import DecisionLog
 from ..services import Services
+from ..services.clamd import VirusScanner
 from ..services.dns import Answer, DnsError, Resolver
+from ..services.spamd import SpamScanner
 from ..services.dns import key as dns_key
 from ..stages import Stage
 
@@ -32,6 +34,8 @@ class Context:
     services: Services
     log: DecisionLog
     dns: Resolver | None
+    virus: VirusScanner | None
+    spam: SpamScanner | None
     conn: Connection
     txn: Transaction | None = None
     rcpt: Address | None = None
@@ -94,11 +98,13 @@ class Context:
 
 @dataclass(frozen=True)
 class Check:
-    """A named check for one stage.  ``name`` is what ``permit skip=`` and the log use."""
+    """A named check for one stage.  ``name`` is what ``permit skip=`` and the log use;
+    ``failure`` names the setting that says what a failing service means for it."""
 
     name: str
     stage: Stage
     run: Callable[[Context], Decision | None]
+    failure: str = "failure_action"
 
 
 def reject(entry: str, check: str, rule: str, detail: str = "") -> Decision:

@@ -9,6 +9,7 @@ Policy whole (SIGHUP), so a half-loaded policy never exists.
 from __future__ import annotations
 
 import glob
+import re
 from ipaddress import ip_address
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from .tables import Tables
 MAIN_FILE = "policy.conf"
 # Checks a white entry (``permit skip=...``) may bypass.  Relay, recipient and protocol
 # checks are never skippable: a forged sender must not open the relay.
-SKIPPABLE = frozenset({"access", "filters", "local_sender", "rdns", "dnsbl"})
+SKIPPABLE = frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus", "spam"})
 
 
 def _patterns(kind: Callable[[], PatternSet[None]]) -> Callable[[str], PatternSet[None]]:
@@ -80,6 +81,19 @@ def _port(text: str) -> int:
     return port
 
 
+def _scanner_address(text: str) -> str:
+    if text and not re.fullmatch(r"tcp:[^:\s]+:\d{1,5}|unix:/\S+", text):
+        raise ValueError(f"'{text}' is not tcp:HOST:PORT or unix:/PATH")
+    return text
+
+
+def _score(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a score (a number like 5.0)") from None
+
+
 def _delimiter(text: str) -> str:
     if len(text) > 1 or text.isalnum() or "@" in text:
         raise ValueError(f"'{text}' is not a single punctuation character")
@@ -114,6 +128,21 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "dnsbl_threshold": (parse_count, "1"),
     # Content rules parse messages up to this size; larger ones are matched on headers.
     "content_max_size": (parse_size, "10M"),
+    # Virus scanning with clamd (empty: off).  Any scan that cannot say "clean" fails.
+    "clamd": (_scanner_address, ""),
+    "clamd_timeout": (_seconds(600), "30"),
+    "clamd_max_size": (parse_size, "25M"),
+    "virus_action": (_choice("reject", "discard", "quarantine"), "reject"),
+    "virus_failure_action": (_choice("tempfail", "accept"), "tempfail"),
+    # Spam scoring with spamd (empty: off).
+    "spamd": (_scanner_address, ""),
+    "spamd_timeout": (_seconds(600), "60"),
+    "spamd_user": (str, ""),
+    "spam_max_size": (parse_size, "2M"),
+    "spam_tag_score": (_score, "5.0"),
+    "spam_reject_score": (_score, "10.0"),
+    "spam_subject_tag": (str, ""),
+    "spam_failure_action": (_choice("accept", "tempfail"), "accept"),
 }
 # Settings that name a file, and how each file is read.
 TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners",

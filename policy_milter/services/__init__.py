@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .clamd import VirusScanner
 from .dns import Resolver
+from .spamd import SpamScanner
 from .errors import DependencyError
 from .state import MemoryRateStore, RateStore
 
@@ -17,7 +19,10 @@ __all__ = ["DependencyError", "Services"]
 
 @dataclass
 class Services:
-    """What tests and benchmarks swap.  ``dns`` None: built from the policy's settings."""
+    """What tests and benchmarks swap; a service left None is built from the policy's
+    settings (and is off when they name none)."""
 
     rates: RateStore = field(default_factory=MemoryRateStore)
     dns: Resolver | None = None
+    virus: VirusScanner | None = None
+    spam: SpamScanner | None = None

@@ -82,7 +82,8 @@ class ChallengeStore(Protocol):
     def hold(self, recipient: str, sender: str, message: BinaryIO,
              now: float | None = None) -> tuple[Held, bool]:
         """Spool ``message`` (read from its position to the end); True: send a challenge
-        with ``Held.token``, this is the pair's first message without a pending one."""
+        with ``Held.token``, this is the pair's first message without a pending one.
+        Callers check allowed() first; a pair allow-listed in between gets a new challenge."""
 
     def answer(self, token: str, sender: str) -> list[Held]:
         """The sender answered: allow-list the pair, return its messages, released.

@@ -336,9 +336,9 @@ RULE_ERRORS = [
     ("client 192.0.2.1 tempfail scanner_tempfail",
      "'scanner_tempfail' cannot be sent at MAIL (where this rule is decided)"),
     ("client 192.0.2.1 permit skip=relay",
-     "permit cannot skip relay (skippable: all, access, dnsbl, filters, local_sender, rdns)"),
+     "permit cannot skip relay (skippable: all, access, dnsbl, filters, local_sender, rdns, spam, virus)"),
     ("client 192.0.2.1 permit skip=access,recipients",
-     "permit cannot skip recipients (skippable: all, access, dnsbl, filters, local_sender, rdns)"),
+     "permit cannot skip recipients (skippable: all, access, dnsbl, filters, local_sender, rdns, spam, virus)"),
     ("client 192.0.2.1 permit filters", "permit takes skip=CHECK,...; got 'filters'"),
     ("client 192.0.2.1 permit skip", "permit takes skip=CHECK,...; got 'skip'"),
     ("client 192.0.2.0/33 reject", "client: '192.0.2.0/33' is not an IP address or CIDR block"),
@@ -439,6 +439,11 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "dns_nameservers": (), "dns_port": 53, "dns_timeout": 3.0, "dns_budget": 8.0,
         "dns_min_ttl": 5, "dns_max_ttl": 86400, "dns_negative_ttl": 300, "rdns": "off",
         "dnsbl_threshold": 1, "content_max_size": 10 * 1024**2,
+        "clamd": "", "clamd_timeout": 30.0, "clamd_max_size": 25 * 1024**2,
+        "virus_action": "reject", "virus_failure_action": "tempfail",
+        "spamd": "", "spamd_timeout": 60.0, "spamd_user": "", "spam_max_size": 2 * 1024**2,
+        "spam_tag_score": 5.0, "spam_reject_score": 10.0, "spam_subject_tag": "",
+        "spam_failure_action": "accept",
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
@@ -835,7 +840,8 @@ def test_monitor(tmp_path: Path, file: str) -> None:
 def test_permit_skip(tmp_path: Path, args: str, skip: set[str]) -> None:
     d = decision(tmp_path, f"sender newsletter@partner.example permit {args}")
     assert (d.action, d.entry, d.skip) == (Action.PERMIT, None, frozenset(skip))
-    assert SKIPPABLE == frozenset({"access", "filters", "local_sender", "rdns", "dnsbl"})
+    assert SKIPPABLE == frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus",
+                                   "spam"})
 
 
 def test_quarantine_and_add_header(tmp_path: Path) -> None:
