@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .addresses import Address
 from .catalogue import Entry
 
 
@@ -35,6 +36,7 @@ class Decision:
     skip: frozenset[str] = frozenset()
     headers: tuple[tuple[str, str], ...] = ()  # for ADD_HEADER
     subject_prefix: str = ""  # for ADD_HEADER: tag the Subject too
+    recipients: tuple[Address, ...] = ()  # for DISCARD at end of message: only these
     reason: str = ""  # quarantine reason
     monitor: bool = False
 

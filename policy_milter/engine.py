@@ -12,14 +12,15 @@ import dataclasses
 import functools
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import catalogue
 from .addresses import Address
-from .checks import (access, auth, dnsbl, limits, protocol, rdns, recipients, relay, size,
-                     spam, virus)
+from .checks import (access, auth, challenge, dnsbl, limits, protocol, rdns, recipients,
+                     relay, size, spam, virus)
 from .checks.base import Check, Context
 from .decision import CONTINUE, Action, Decision
 from .log import DecisionLog
@@ -27,8 +28,10 @@ from .message import MessageBuffer
 from .model import Connection, Transaction, client_ip
 from .rules.policy import Policy
 from .services import DependencyError, Services
+from .services.challenges import ChallengeStore, SqliteChallengeStore
 from .services.clamd import Clamd, VirusScanner
 from .services.dns import DnsResolver, Resolver
+from .services.mailer import Mailer, SmtpMailer
 from .services.spamd import Spamd, SpamScanner
 from .stages import Stage
 
@@ -60,6 +63,8 @@ class Plan:
     prefetch: dict[Stage, tuple[Prefetch, ...]] = dataclasses.field(default_factory=dict)
     virus: VirusScanner | None = None
     spam: SpamScanner | None = None
+    challenges: ChallengeStore | None = None
+    mailer: Mailer | None = None
 
     @classmethod
     def build(cls, policy: Policy, services: Services, previous: Plan | None = None) -> Plan:
@@ -72,6 +77,7 @@ class Plan:
         spam_scanner = services.spam or (
             Spamd(policy.spamd, policy.spamd_timeout, policy.spamd_user)
             if policy.spamd else None)
+        store, mailer = _challenge_services(policy, services, previous)
         helo_checks = policy.check_helo_syntax or policy.reject_repeated_helo
         plan: dict[Stage, list[Check]] = {
             Stage.HELO: [Check(protocol.CHECK, Stage.HELO, protocol.helo)] if helo_checks else [],
@@ -88,6 +94,7 @@ class Plan:
             ],
             Stage.RCPT: [
                 Check(relay.CHECK, Stage.RCPT, relay.relay),
+                *([Check(challenge.CHECK, Stage.RCPT, challenge.answer_rcpt)] if store else []),
                 Check(recipients.CHECK, Stage.RCPT, recipients.known),
                 Check(auth.CHECK, Stage.RCPT, auth.local_only),
                 Check(limits.CHECK, Stage.RCPT, limits.account_rate),
@@ -103,11 +110,12 @@ class Plan:
                 *([Check(virus.CHECK, Stage.EOM, virus.check, failure="virus_failure_action")]
                   if virus_scanner else []),
                 *([Check(spam.CHECK, Stage.EOM, spam.check)] if spam_scanner else []),
+                *([Check(challenge.CHECK, Stage.EOM, challenge.check)] if store else []),
             ],
         }
         content_fields = {c.field for rl in policy.rule_lists for r in rl.eom.rules
                           for c in r.conditions}
-        scans = bool(virus_scanner or spam_scanner)
+        scans = bool(virus_scanner or spam_scanner or store)
         keeps_message = bool(content_fields) or scans
         reads_body = bool(content_fields - {"header"}) or scans
         decisions = [r.decision for rl in policy.rule_lists
@@ -128,7 +136,7 @@ class Plan:
                 [name for name, action in (("addheader", Action.ADD_HEADER),
                                            ("quarantine", Action.QUARANTINE))
                  if any(d.action is action for d in decisions)]
-                + (["delrcpt"] if rcpt_discards else [])
+                + (["delrcpt"] if rcpt_discards or store else [])
                 + (["addheader"] if spam_scanner else [])
                 + (["chgheader"] if spam_scanner and policy.spam_subject_tag else [])
                 + (["quarantine"] if virus_scanner and policy.virus_action == "quarantine"
@@ -141,12 +149,26 @@ class Plan:
             prefetch = {Stage.CONNECT: rdns_first + lists, Stage.HELO: lists, Stage.MAIL: lists}
         return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs,
                    keeps_message, _resolver(policy, services, previous), prefetch,
-                   virus_scanner, spam_scanner)
+                   virus_scanner, spam_scanner, store, mailer)
 
 
 def _tagged_subject(txn: Transaction, prefix: str) -> tuple[str, int, str]:
     subject = txn.message.first("Subject") if txn.message else None
     return "Subject", 1, f"{prefix} {subject or ''}".strip()
+
+
+def _challenge_services(policy: Policy, services: Services, previous: Plan | None
+                        ) -> tuple[ChallengeStore | None, Mailer | None]:
+    """The store (reused across reloads while its directory stays) and the mailer."""
+    if not policy.challenge_store:
+        return None, None
+    mailer = services.mailer or SmtpMailer(*policy.challenge_smtp)
+    if services.challenges is not None:
+        return services.challenges, mailer
+    if previous is not None and previous.challenges is not None \
+            and previous.policy.challenge_store == policy.challenge_store:
+        return previous.challenges, mailer
+    return SqliteChallengeStore(Path(policy.challenge_store)), mailer
 
 
 def _resolver(policy: Policy, services: Services, previous: Plan | None) -> Resolver | None:
@@ -231,8 +253,9 @@ class Session:
 
     def _context(self, rcpt: Address | None = None) -> Context:
         bypass = self.txn.bypass if self.txn else frozenset()
-        return Context(self.policy, self.services, self.log, self.plan.dns, self.plan.virus,
-                       self.plan.spam, self.conn, self.txn, rcpt, bypass)
+        plan = self.plan
+        return Context(self.policy, self.services, self.log, plan.dns, plan.virus, plan.spam,
+                       plan.challenges, plan.mailer, self.conn, self.txn, rcpt, bypass)
 
     def _prefetch(self, stage: Stage) -> None:
         """Start the slow lookups the later stages will need; a failure here only logs."""
@@ -262,6 +285,8 @@ class Session:
                 self.txn.deferred.append(decision)
             elif decision.action is Action.DISCARD and stage is Stage.RCPT and self.txn:
                 return decision
+            elif decision.action is Action.DISCARD and decision.recipients and self.txn:
+                self.txn.discard(decision.recipients, decision)
             elif decision.stops:
                 return decision
         return CONTINUE
@@ -337,7 +362,7 @@ class Session:
         rcpt = parsed[0]
         decision = self._run(Stage.RCPT, self._context(rcpt), started)
         if decision.action is Action.DISCARD:
-            self.txn.discarded.append(rcpt)
+            self.txn.discard((rcpt,), decision)
         elif decision.stops:
             return decision
         self.txn.recipients.append(rcpt)
@@ -379,16 +404,17 @@ class Session:
         ctx = self._context()
         try:
             decision = self._run(Stage.EOM, ctx, started)
+            if decision.stops or txn is None:
+                return Outcome(decision)
+            if txn.discard_reason and txn.every_recipient_discarded():
+                reason = txn.discard_reason
+                dropped = Decision(Action.DISCARD, reason.entry, rule=reason.rule,
+                                   check=reason.check, detail="every recipient discarded")
+                self.log.decision(Stage.EOM, self.conn, txn, None, dropped, started)
+                return Outcome(dropped)
+            return self._accept(ctx, txn, started)
         finally:
             self._end_transaction()
-        if decision.stops or txn is None:
-            return Outcome(decision)
-        if txn.discarded and len(txn.discarded) == len(txn.recipients):
-            dropped = Decision(Action.DISCARD, catalogue.get("deleted_by_filter"),
-                               rule="builtin:every-recipient-discarded", check="discard")
-            self.log.decision(Stage.EOM, self.conn, txn, None, dropped, started)
-            return Outcome(dropped)
-        return self._accept(ctx, txn, started)
 
     def _accept(self, ctx: Context, txn: Transaction, started: float) -> Outcome:
         limits.record_sent(ctx)
@@ -400,7 +426,7 @@ class Session:
                     outcome.change_headers.append(_tagged_subject(txn, decision.subject_prefix))
             elif decision.action is Action.QUARANTINE and not outcome.quarantine:
                 outcome.quarantine = decision.reason
-        outcome.delete_recipients = [str(r) for r in txn.discarded]
+        outcome.delete_recipients = list(dict.fromkeys(str(r) for r in txn.discarded))
         self.log.accepted(self.conn, txn, outcome.quarantine, started)
         return outcome
 

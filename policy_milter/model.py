@@ -62,10 +62,18 @@ class Transaction:
     queue_id: str = ""
     recipients: list[Address] = field(default_factory=list)  # accepted so far
     discarded: list[Address] = field(default_factory=list)  # accepted, to be dropped at eom
+    discard_reason: Decision | None = None  # the last decision that dropped a recipient
     bypass: frozenset[str] = frozenset()
     deferred: list[Decision] = field(default_factory=list)  # quarantine / add-header for eom
     size: int = 0  # header + body octets counted so far
     message: MessageBuffer | None = None  # kept only when a content check will read it
+
+    def discard(self, recipients: tuple[Address, ...], reason: Decision) -> None:
+        self.discarded.extend(recipients)
+        self.discard_reason = reason
+
+    def every_recipient_discarded(self) -> bool:
+        return {r.key for r in self.recipients} <= {r.key for r in self.discarded}
 
     def close(self) -> None:
         """Release the spooled message (the transaction ended, however)."""

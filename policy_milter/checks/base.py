@@ -19,8 +19,10 @@ from ..rules.tables import Account, Domain
 from ..content import MessageFacts
 from ..log import DecisionLog
 from ..services import Services
+from ..services.challenges import ChallengeStore
 from ..services.clamd import VirusScanner
 from ..services.dns import Answer, DnsError, Resolver
+from ..services.mailer import Mailer
 from ..services.spamd import SpamScanner
 from ..services.dns import key as dns_key
 from ..stages import Stage
@@ -36,6 +38,8 @@ class Context:
     dns: Resolver | None
     virus: VirusScanner | None
     spam: SpamScanner | None
+    challenges: ChallengeStore | None
+    mailer: Mailer | None
     conn: Connection
     txn: Transaction | None = None
     rcpt: Address | None = None

@@ -25,7 +25,8 @@ from .tables import Tables
 MAIN_FILE = "policy.conf"
 # Checks a white entry (``permit skip=...``) may bypass.  Relay, recipient and protocol
 # checks are never skippable: a forged sender must not open the relay.
-SKIPPABLE = frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus", "spam"})
+SKIPPABLE = frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus", "spam",
+                       "challenge"})
 
 
 def _patterns(kind: Callable[[], PatternSet[None]]) -> Callable[[str], PatternSet[None]]:
@@ -87,6 +88,26 @@ def _scanner_address(text: str) -> str:
     return text
 
 
+def _address(text: str) -> str:
+    if text and not re.fullmatch(r"[^@\s+]+@[^@\s]+", text):
+        raise ValueError(f"'{text}' is not a plain address like challenge@example.com")
+    return text.lower()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{text}' is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+)([smhd]?)", text)
+    if not m:
+        raise ValueError(f"'{text}' is not a duration (like 7d, 12h, 30m)")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
 def _score(text: str) -> float:
     try:
         return float(text)
@@ -143,6 +164,12 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "spam_reject_score": (_score, "10.0"),
     "spam_subject_tag": (str, ""),
     "spam_failure_action": (_choice("accept", "tempfail"), "accept"),
+    # Challenge-response (off while challenge_store is empty).
+    "challenge_store": (str, ""),
+    "challenge_recipients": (_patterns(AddressPatterns), ""),
+    "challenge_address": (_address, ""),
+    "challenge_smtp": (_host_port, "127.0.0.1:25"),
+    "challenge_expire": (_duration, "7d"),
 }
 # Settings that name a file, and how each file is read.
 TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners",
@@ -279,5 +306,8 @@ def load(rules_dir: str | Path) -> Policy:
         if got is not None:
             parser = RuleListParser(name, default, SKIPPABLE, loader.errors)
             rule_lists.append(parser.parse(*got))
+    if settings.get("challenge_store") and not settings.get("challenge_address"):
+        loader.errors.add(where["challenge_store"], "challenge_store needs challenge_address "
+                          "(where challenged senders answer)")
     loader.errors.raise_if_any()
     return Policy(str(root), settings, where, tables, tuple(rule_lists), tuple(loader.files))

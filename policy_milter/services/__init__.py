@@ -6,15 +6,34 @@ which the engine turns into the configured failure action.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..log import LOGGER, fields
+from .challenges import ChallengeStore
 from .clamd import VirusScanner
 from .dns import Resolver
+from .mailer import Mailer
 from .spamd import SpamScanner
 from .errors import DependencyError
 from .state import MemoryRateStore, RateStore
 
-__all__ = ["DependencyError", "Services"]
+__all__ = ["DependencyError", "Services", "in_background"]
+
+_BACKGROUND = ThreadPoolExecutor(2, thread_name_prefix="background")
+
+
+def _log_failure(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        logging.getLogger(LOGGER).error(fields(event="background_error", error=repr(error)))
+
+
+def in_background(work: Callable[[], None]) -> None:
+    """Run ``work`` off the mail path (sending challenges, releasing held mail)."""
+    _BACKGROUND.submit(work).add_done_callback(_log_failure)
 
 
 @dataclass
@@ -26,3 +45,7 @@ class Services:
     dns: Resolver | None = None
     virus: VirusScanner | None = None
     spam: SpamScanner | None = None
+    challenges: ChallengeStore | None = None
+    mailer: Mailer | None = None
+    run_later: Callable[[Callable[[], None]], None] = in_background
+    last_sweep: float = 0.0  # when held challenge mail was last expired

@@ -59,7 +59,8 @@ class Clamd:
 
     def scan(self, message: BinaryIO) -> VirusResult:
         start = message.tell()
-        size = message.seek(0, os.SEEK_END) - start
+        message.seek(0, os.SEEK_END)
+        size = message.tell() - start
         message.seek(start)
         if size > self.stream_max:
             raise DependencyError(

@@ -63,7 +63,7 @@ class Connection:
 
     def __init__(self, service: str, endpoint: Endpoint, timeout: float) -> None:
         self.service = service
-        self._where = endpoint if isinstance(endpoint, str) else "%s:%d" % endpoint
+        self._where = endpoint if isinstance(endpoint, str) else f"{endpoint[0]}:{endpoint[1]}"
         self._timeout = timeout
         self._deadline = time.monotonic() + timeout
         try:

@@ -336,9 +336,11 @@ RULE_ERRORS = [
     ("client 192.0.2.1 tempfail scanner_tempfail",
      "'scanner_tempfail' cannot be sent at MAIL (where this rule is decided)"),
     ("client 192.0.2.1 permit skip=relay",
-     "permit cannot skip relay (skippable: all, access, dnsbl, filters, local_sender, rdns, spam, virus)"),
+     "permit cannot skip relay (skippable: all, access, challenge, dnsbl, filters, "
+     "local_sender, rdns, spam, virus)"),
     ("client 192.0.2.1 permit skip=access,recipients",
-     "permit cannot skip recipients (skippable: all, access, dnsbl, filters, local_sender, rdns, spam, virus)"),
+     "permit cannot skip recipients (skippable: all, access, challenge, dnsbl, filters, "
+     "local_sender, rdns, spam, virus)"),
     ("client 192.0.2.1 permit filters", "permit takes skip=CHECK,...; got 'filters'"),
     ("client 192.0.2.1 permit skip", "permit takes skip=CHECK,...; got 'skip'"),
     ("client 192.0.2.0/33 reject", "client: '192.0.2.0/33' is not an IP address or CIDR block"),
@@ -431,6 +433,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
     s = dict(p.settings)
     relay_networks, list_patterns = s.pop("relay_networks"), s.pop("list_patterns")
     generic = s.pop("rdns_generic_names")
+    assert not s.pop("challenge_recipients")
     assert s == {
         "monitor": False, "failure_action": "tempfail", "require_helo": False,
         "reject_repeated_helo": False, "check_helo_syntax": True,
@@ -443,7 +446,8 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "virus_action": "reject", "virus_failure_action": "tempfail",
         "spamd": "", "spamd_timeout": 60.0, "spamd_user": "", "spam_max_size": 2 * 1024**2,
         "spam_tag_score": 5.0, "spam_reject_score": 10.0, "spam_subject_tag": "",
-        "spam_failure_action": "accept",
+        "spam_failure_action": "accept", "challenge_store": "", "challenge_address": "",
+        "challenge_smtp": ("127.0.0.1", 25), "challenge_expire": 7 * 86400,
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
@@ -841,7 +845,7 @@ def test_permit_skip(tmp_path: Path, args: str, skip: set[str]) -> None:
     d = decision(tmp_path, f"sender newsletter@partner.example permit {args}")
     assert (d.action, d.entry, d.skip) == (Action.PERMIT, None, frozenset(skip))
     assert SKIPPABLE == frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus",
-                                   "spam"})
+                                   "spam", "challenge"})
 
 
 def test_quarantine_and_add_header(tmp_path: Path) -> None:

@@ -1,0 +1,151 @@
+"""Row 31: challenge-response for protected recipients.
+
+Mail to a protected recipient from a sender not on its allow list is held (the copy
+for that recipient is dropped from the MTA's message and kept in the store), and the
+sender gets one challenge per (recipient, sender) pair, sent from the null sender so
+that it cannot loop.  The answer is a message to the challenge address with the token
+(``challenge+TOKEN@example.com``): it allow-lists the sender and re-injects the held
+messages through the MTA, where they now pass.  Null senders, mailing lists and
+automatic replies are never challenged (no backscatter): they are delivered.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from .. import catalogue
+from ..addresses import Address
+from ..decision import Action, Decision
+from ..patterns import contains
+from ..services.challenges import ChallengeStore, Held
+from ..services.errors import DependencyError
+from .base import Context
+
+CHECK = "challenge"
+_BULK = re.compile(r"\s*(bulk|list|junk)\s*$", re.IGNORECASE)
+SWEEP_EVERY = 600.0  # seconds between expiry sweeps, run from the mail flow
+
+
+def answer_token(ctx: Context, rcpt: Address) -> str | None:
+    """The token when ``rcpt`` is the challenge address with one (``local+TOKEN@domain``)."""
+    local, _, domain = ctx.policy.challenge_address.rpartition("@")
+    match = re.fullmatch(rf"{re.escape(local)}\+([0-9a-f]{{16,64}})", rcpt.local, re.IGNORECASE)
+    return match.group(1).lower() if match and rcpt.domain == domain.lower() else None
+
+
+def answer_rcpt(ctx: Context) -> Decision | None:
+    """At RCPT: an answer address is ours even though no account has that name."""
+    assert ctx.rcpt is not None
+    if answer_token(ctx, ctx.rcpt) is None:
+        return None
+    return Decision(Action.PERMIT, rule=ctx.policy.where["challenge_address"], check=CHECK,
+                    skip=frozenset({"recipients"}), detail="challenge answer address")
+
+
+def _exempt(ctx: Context) -> str:
+    """Why this message must not be challenged, or '' when it may be."""
+    assert ctx.txn is not None and ctx.txn.message is not None
+    message = ctx.txn.message
+    if ctx.txn.sender.is_null:
+        return "null sender"
+    if message.first("List-Id") is not None or _BULK.match(message.first("Precedence") or ""):
+        return "mailing list"
+    auto = (message.first("Auto-Submitted") or "no").strip().lower()
+    return "" if auto == "no" else "automatic reply"
+
+
+def check(ctx: Context) -> Decision | None:
+    assert ctx.txn is not None and ctx.challenges is not None
+    _sweep(ctx)
+    txn, store, sender = ctx.txn, ctx.challenges, ctx.txn.sender
+    dropped: list[Address] = []
+    held: list[str] = []
+    for rcpt in txn.recipients:
+        token = answer_token(ctx, rcpt)
+        if token is not None:
+            _answered(ctx, store, store.answer(token, sender.key))
+            dropped.append(rcpt)
+        elif contains(ctx.policy.challenge_recipients, rcpt) and not _exempt(ctx) \
+                and not store.allowed(rcpt.key, sender.key):
+            _hold(ctx, store, rcpt)
+            dropped.append(rcpt)
+            held.append(rcpt.key)
+    if not dropped:
+        return None
+    detail = f"held for {', '.join(held)}" if held else "challenge answered"
+    return Decision(Action.DISCARD, catalogue.get("challenged_by_filter"),
+                    rule=ctx.policy.where["challenge_recipients"], check=CHECK, detail=detail,
+                    recipients=tuple(dropped))
+
+
+def _hold(ctx: Context, store: ChallengeStore, rcpt: Address) -> None:
+    assert ctx.txn is not None and ctx.txn.message is not None
+    entry, new = store.hold(rcpt.key, ctx.txn.sender.key, ctx.txn.message.open())
+    ctx.log.event("challenge_held", qid=ctx.txn.queue_id, id=entry.id, sender=entry.sender,
+                  rcpt=entry.recipient, new_challenge="yes" if new else "no")
+    if new:
+        challenge = challenge_message(ctx.policy.challenge_address, entry)
+        ctx.services.run_later(lambda: _send(ctx, "challenge_sent", "", [entry.sender],
+                                             challenge, entry.id))
+
+
+def _answered(ctx: Context, store: ChallengeStore, released: list[Held]) -> None:
+    assert ctx.txn is not None
+    ctx.log.event("challenge_answered", qid=ctx.txn.queue_id, sender=ctx.txn.sender.key,
+                  released=len(released))
+    for entry in released:
+        ctx.services.run_later(lambda e=entry: release(ctx, store, e))  # type: ignore[misc]
+
+
+def release(ctx: Context, store: ChallengeStore, entry: Held) -> None:
+    """Re-inject one held message through the MTA, then forget it."""
+    with store.open_message(entry) as message:
+        if _send(ctx, "challenge_released", entry.sender, [entry.recipient], message.read(),
+                 entry.id):
+            store.done(entry)
+
+
+def _send(ctx: Context, event: str, sender: str, recipients: list[str], data: bytes,
+          held_id: str) -> bool:
+    """Hand mail to the MTA from a background thread; log what happened either way."""
+    assert ctx.mailer is not None
+    try:
+        ctx.mailer.send(sender, recipients, data)
+    except DependencyError as err:
+        ctx.log.dependency_failure(CHECK, ctx.conn, None, f"{event} {held_id}: {err}", "retry")
+        return False
+    ctx.log.event(event, id=held_id, rcpt=",".join(recipients))
+    return True
+
+
+def challenge_message(address: str, entry: Held) -> bytes:
+    """The challenge: an automatic reply (RFC 3834) the sender answers by replying."""
+    local, _, domain = address.rpartition("@")
+    reply_to = f"{local}+{entry.token}@{domain}"
+    msg = EmailMessage()
+    msg["From"] = reply_to
+    msg["To"] = entry.sender
+    msg["Subject"] = f"Please confirm your message to {entry.recipient} [{entry.token}]"
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(domain=domain)
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content(
+        f"Your message to {entry.recipient} is held until you confirm that you sent it.\n"
+        f"To confirm, reply to this message (to {reply_to}).\n"
+        "Unconfirmed messages are deleted after a while.\n")
+    return msg.as_bytes()
+
+
+def _sweep(ctx: Context) -> None:
+    """Drop expired held messages now and then, from the mail flow itself."""
+    now = time.monotonic()
+    if now - ctx.services.last_sweep < SWEEP_EVERY:
+        return
+    ctx.services.last_sweep = now
+    assert ctx.challenges is not None
+    for entry in ctx.challenges.expire(ctx.policy.challenge_expire):
+        ctx.log.event("challenge_expired", id=entry.id, sender=entry.sender,
+                      rcpt=entry.recipient)
