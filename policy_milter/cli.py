@@ -17,10 +17,14 @@ import time
 from pathlib import Path
 
 from . import __version__, catalogue
+from .checks import challenge
 from .engine import Engine
 from .log import DecisionLog, configure
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
+from .services import DependencyError, in_background
+from .services.challenges import SqliteChallengeStore
+from .services.mailer import SmtpMailer
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
@@ -48,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("catalogue", help="print every reply the milter can send (markdown)")
     check = sub.add_parser("check", help="validate the rules and print a summary")
     check.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
+    held = sub.add_parser("challenges", help="list, release, drop or expire held mail")
+    held.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
+    held.add_argument("action", choices=["list", "release", "drop", "expire"])
+    held.add_argument("id", nargs="?", help="the held message (release, drop)")
     run = sub.add_parser("run", help="serve the MTA")
     run.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     run.add_argument("--socket", type=_socket_spec, default=DEFAULT_SOCKET,
@@ -80,6 +88,44 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def challenges(args: argparse.Namespace) -> int:
+    """The admin's side of challenge-response; the milter may be running meanwhile."""
+    policy = _load(args.rules)
+    if policy is None:
+        return EXIT_RULES
+    if not policy.challenge_store:
+        print(f"policy-milter: challenge-response is off in {args.rules}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action in ("release", "drop") and not args.id:
+        print(f"policy-milter: {args.action} needs the id of a held message", file=sys.stderr)
+        return EXIT_USAGE
+    log = DecisionLog(configure("stderr"))
+    try:
+        store = SqliteChallengeStore(Path(policy.challenge_store))
+        if args.action == "list":
+            for held in store.pending():
+                queued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held.queued_at))
+                print(f"{held.id} {queued} {held.size} {held.sender} -> {held.recipient}")
+            return 0
+        if args.action == "expire":
+            print(f"expired {len(store.expire(policy.challenge_expire))} held message(s)")
+            return 0
+        if args.action == "drop":
+            found = store.drop(args.id)
+        else:
+            entry = store.release(args.id)
+            found = entry is not None and challenge.release(
+                store, SmtpMailer(*policy.challenge_smtp), log, entry)
+    except DependencyError as err:
+        print(f"policy-milter: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if not found:
+        print(f"policy-milter: no held message {args.id} could be {args.action}ed",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         log = DecisionLog(configure(args.log, args.log_level))
@@ -89,7 +135,14 @@ def run(args: argparse.Namespace) -> int:
     policy = _load(args.rules)
     if policy is None:
         return EXIT_RULES
-    engine = Engine(policy, log=log)
+    try:
+        engine = Engine(policy, log=log)
+    except DependencyError as err:
+        log.event("error", level=logging.ERROR, error=str(err))
+        return EXIT_RUNTIME
+    plan = engine.plan
+    if plan.challenges is not None and plan.mailer is not None:
+        in_background(lambda: challenge.redeliver(plan.challenges, plan.mailer, log))  # type: ignore[arg-type]
     return Server(engine, log, args).serve()
 
 
@@ -160,14 +213,14 @@ class Server:
 
     def reload(self) -> None:
         try:
-            policy = load(self.args.rules)
-        except RuleErrors as err:
-            for line in err.errors:
+            self.engine.reload(load(self.args.rules))
+        except (RuleErrors, DependencyError) as err:
+            problems = err.errors if isinstance(err, RuleErrors) else [str(err)]
+            for line in problems:
                 self.log.event("reload_error", level=logging.ERROR, error=line)
             self.log.event("reload", level=logging.ERROR, status="failed",
-                           errors=len(err.errors), kept="previous rules")
+                           errors=len(problems), kept="previous rules")
             return
-        self.engine.reload(policy)
         self.log.event("reload", status="ok", rules=self.args.rules)
 
 
@@ -176,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "catalogue":
         print(catalogue.markdown_table())
         return 0
-    return check(args) if args.command == "check" else run(args)
+    commands = {"check": check, "challenges": challenges, "run": run}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

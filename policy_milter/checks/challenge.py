@@ -21,7 +21,9 @@ from ..addresses import Address
 from ..decision import Action, Decision
 from ..patterns import contains
 from ..services.challenges import ChallengeStore, Held
+from ..log import DecisionLog
 from ..services.errors import DependencyError
+from ..services.mailer import Mailer
 from .base import Context
 
 CHECK = "challenge"
@@ -88,7 +90,9 @@ def _hold(ctx: Context, store: ChallengeStore, rcpt: Address) -> None:
                   rcpt=entry.recipient, new_challenge="yes" if new else "no")
     if new:
         challenge = challenge_message(ctx.policy.challenge_address, entry)
-        ctx.services.run_later(lambda: _send(ctx, "challenge_sent", "", [entry.sender],
+        mailer, log = ctx.mailer, ctx.log
+        assert mailer is not None
+        ctx.services.run_later(lambda: _send(mailer, log, "challenge_sent", "", [entry.sender],
                                              challenge, entry.id))
 
 
@@ -96,28 +100,39 @@ def _answered(ctx: Context, store: ChallengeStore, released: list[Held]) -> None
     assert ctx.txn is not None
     ctx.log.event("challenge_answered", qid=ctx.txn.queue_id, sender=ctx.txn.sender.key,
                   released=len(released))
+    mailer, log = ctx.mailer, ctx.log
+    assert mailer is not None
     for entry in released:
-        ctx.services.run_later(lambda e=entry: release(ctx, store, e))  # type: ignore[misc]
+        ctx.services.run_later(lambda e=entry: release(store, mailer, log, e))  # type: ignore[misc]
 
 
-def release(ctx: Context, store: ChallengeStore, entry: Held) -> None:
-    """Re-inject one held message through the MTA, then forget it."""
+def release(store: ChallengeStore, mailer: Mailer, log: DecisionLog, entry: Held) -> bool:
+    """Re-inject one released message through the MTA, then forget it.  A message the
+    MTA did not take stays released: ``redeliver`` tries it again."""
     with store.open_message(entry) as message:
-        if _send(ctx, "challenge_released", entry.sender, [entry.recipient], message.read(),
-                 entry.id):
-            store.done(entry)
+        sent = _send(mailer, log, "challenge_released", entry.sender, [entry.recipient],
+                     message.read(), entry.id)
+    if sent:
+        store.done(entry)
+    return sent
 
 
-def _send(ctx: Context, event: str, sender: str, recipients: list[str], data: bytes,
-          held_id: str) -> bool:
-    """Hand mail to the MTA from a background thread; log what happened either way."""
-    assert ctx.mailer is not None
+def redeliver(store: ChallengeStore, mailer: Mailer, log: DecisionLog) -> None:
+    """At start: messages released before a stop or a failed hand-over go out now."""
+    for entry in store.released(min_age=60):
+        release(store, mailer, log, entry)
+
+
+def _send(mailer: Mailer, log: DecisionLog, event: str, sender: str, recipients: list[str],
+          data: bytes, held_id: str) -> bool:
+    """Hand mail to the MTA; log what happened either way."""
     try:
-        ctx.mailer.send(sender, recipients, data)
+        mailer.send(sender, recipients, data)
     except DependencyError as err:
-        ctx.log.dependency_failure(CHECK, ctx.conn, None, f"{event} {held_id}: {err}", "retry")
+        log.event("dependency_failure", check=CHECK, id=held_id, action="retry later",
+                  detail=f"{event}: {err}")
         return False
-    ctx.log.event(event, id=held_id, rcpt=",".join(recipients))
+    log.event(event, id=held_id, rcpt=",".join(recipients))
     return True
 
 

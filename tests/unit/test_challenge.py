@@ -1,0 +1,178 @@
+"""Challenge-response through the engine: held, challenged, answered, released, exempt.
+
+A real store in a temporary directory; the mailer records what would go to the MTA.
+The round trip through a real Postfix is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from policy_milter.decision import Action
+from policy_milter.engine import Engine, Outcome
+from policy_milter.rules.policy import load
+from policy_milter.services import Services
+from policy_milter.services.challenges import SqliteChallengeStore
+from policy_milter.services.errors import DependencyError
+from tests.conftest import REPO
+
+STRANGER = "<stranger@else.example>"
+
+
+class RecordingMailer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[str], bytes]] = []
+        self.fail = False
+
+    def send(self, sender: str, recipients: list[str], message: bytes | BinaryIO) -> None:
+        if self.fail:
+            raise DependencyError("smtp", "connection refused")
+        data = message if isinstance(message, bytes) else message.read()
+        self.sent.append((sender, recipients, data))
+
+
+@pytest.fixture
+def setup(make_rules: Callable[..., Path], tmp_path: Path
+          ) -> tuple[Engine, SqliteChallengeStore, RecordingMailer]:
+    rules = make_rules(challenge_store=str(tmp_path / "store"),
+                       challenge_recipients="alice@example.com",
+                       challenge_address="challenge@example.com")
+    store = SqliteChallengeStore(tmp_path / "store")
+    mailer = RecordingMailer()
+    services = Services(challenges=store, mailer=mailer, run_later=lambda work: work())
+    return Engine(load(rules), services), store, mailer
+
+
+def deliver(engine: Engine, sender: str, rcpts: list[str], headers: str = "",
+            body: str = "hello\r\n") -> Outcome:
+    s = engine.session()
+    s.connect("192.0.2.10", "mx.else.example", "smtpd")
+    s.helo("mx.else.example", False)
+    assert s.mail(sender, [], "", "").action is Action.CONTINUE
+    for rcpt in rcpts:
+        decision = s.rcpt(rcpt, [], "")
+        assert decision.action is Action.CONTINUE, decision
+    s.data("")
+    for line in ("Subject: test\r\n" + headers).splitlines():
+        name, _, value = line.partition(":")
+        s.header(name, value.strip().encode())
+    s.body(body.encode())
+    return s.eom("")
+
+
+def token_of(mailer: RecordingMailer) -> str:
+    challenge = email.message_from_bytes(mailer.sent[-1][2])
+    match = re.search(r"challenge\+([0-9a-f]+)@example\.com", challenge["From"])
+    assert match is not None
+    return match.group(1)
+
+
+def test_round_trip(setup: tuple[Engine, SqliteChallengeStore, RecordingMailer]) -> None:
+    engine, store, mailer = setup
+    first = deliver(engine, STRANGER, ["<alice@example.com>"], body="first\r\n")
+    assert first.decision.action is Action.DISCARD
+    assert first.decision.entry.name == "challenged_by_filter"
+    (sender, rcpts, challenge), = mailer.sent
+    assert (sender, rcpts) == ("", ["stranger@else.example"])  # from the null sender
+    assert b"Auto-Submitted: auto-replied" in challenge
+
+    second = deliver(engine, STRANGER, ["<alice@example.com>"], body="second\r\n")
+    assert second.decision.action is Action.DISCARD
+    assert len(mailer.sent) == 1  # one challenge per pair
+    assert len(store.pending()) == 2
+
+    answer = deliver(engine, STRANGER, [f"<challenge+{token_of(mailer)}@example.com>"])
+    assert answer.decision.action is Action.DISCARD  # the answer itself is consumed
+    released = mailer.sent[1:]
+    assert [(s, r) for s, r, _ in released] == [("stranger@else.example",
+                                                 ["alice@example.com"])] * 2
+    assert [b"first" in d for _, _, d in released] == [True, False]
+    assert store.pending() == [] and store.released() == []
+    assert store.allowed("alice@example.com", "stranger@else.example")
+
+    later = deliver(engine, STRANGER, ["<alice@example.com>"])
+    assert later.decision.action is Action.CONTINUE and later.delete_recipients == []
+
+
+def test_only_the_protected_copy_is_held(
+        setup: tuple[Engine, SqliteChallengeStore, RecordingMailer]) -> None:
+    engine, store, _ = setup
+    outcome = deliver(engine, STRANGER, ["<alice@example.com>", "<postmaster@example.com>"])
+    assert outcome.decision.action is Action.CONTINUE
+    assert outcome.delete_recipients == ["<alice@example.com>"]
+    assert [h.recipient for h in store.pending()] == ["alice@example.com"]
+
+
+@pytest.mark.parametrize("sender, headers", [
+    ("<>", ""),
+    (STRANGER, "List-Id: <news.else.example>"),
+    (STRANGER, "Precedence: bulk"),
+    (STRANGER, "Auto-Submitted: auto-replied"),
+])
+def test_never_challenged(setup: tuple[Engine, SqliteChallengeStore, RecordingMailer],
+                          sender: str, headers: str) -> None:
+    engine, store, mailer = setup
+    outcome = deliver(engine, sender, ["<alice@example.com>"], headers)
+    assert outcome.decision.action is Action.CONTINUE and outcome.delete_recipients == []
+    assert mailer.sent == [] and store.pending() == []
+
+
+def test_answer_from_someone_else_releases_nothing(
+        setup: tuple[Engine, SqliteChallengeStore, RecordingMailer]) -> None:
+    engine, store, mailer = setup
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    deliver(engine, "<forger@evil.example>", [f"<challenge+{token_of(mailer)}@example.com>"])
+    assert len(mailer.sent) == 1 and len(store.pending()) == 1
+    assert not store.allowed("alice@example.com", "forger@evil.example")
+
+
+def test_failed_release_is_kept_for_redelivery(
+        setup: tuple[Engine, SqliteChallengeStore, RecordingMailer]) -> None:
+    engine, store, mailer = setup
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    token = token_of(mailer)
+    mailer.fail = True
+    deliver(engine, STRANGER, [f"<challenge+{token}@example.com>"])
+    assert len(store.released()) == 1  # not lost: the next start hands it over again
+
+
+def test_challenge_store_needs_an_address(make_rules: Callable[..., Path], tmp_path: Path
+                                          ) -> None:
+    from policy_milter.rules.source import RuleErrors
+    rules = make_rules(challenge_store=str(tmp_path / "s"))
+    with pytest.raises(RuleErrors) as info:
+        load(rules)
+    assert info.value.errors == [f"{rules / 'policy.conf'}:22: challenge_store needs "
+                                 "challenge_address (where challenged senders answer)"]
+
+
+def test_admin_commands(setup: tuple[Engine, SqliteChallengeStore, RecordingMailer],
+                        make_rules: Callable[..., Path], tmp_path: Path) -> None:
+    engine, store, _ = setup
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    deliver(engine, "<other@else.example>", ["<alice@example.com>"])
+    rules = engine.plan.policy.source
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "policy_milter.cli", "challenges",
+                               "--rules", rules, *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+
+    listed = cli("list")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
+    assert "stranger@else.example -> alice@example.com" in listed.stdout
+    first, second = (line.split()[0] for line in listed.stdout.splitlines())
+    assert cli("drop", first).returncode == 0
+    assert cli("drop", first).returncode == 3  # already gone
+    released = cli("release", second)  # no MTA listening on the configured port
+    assert released.returncode == 3 and "dependency_failure" in released.stderr
+    assert [h.id for h in store.released()] == [second]
+    assert cli("expire").stdout.strip() == "expired 0 held message(s)"
