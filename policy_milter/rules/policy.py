@@ -214,10 +214,13 @@ class Policy:
                  f"listeners: {len(t.listeners)}"]
         for rl in self.rule_lists:
             lines.append(f"{rl.name}: {len(rl.mail.rules)} rules at MAIL, "
-                         f"{len(rl.rcpt.rules)} at RCPT")
+                         f"{len(rl.rcpt.rules)} at RCPT, {len(rl.eom.rules)} at end of message")
         lines.append(f"dns lists: {len(t.zones)}, reverse DNS: {self.settings['rdns']}, "
                      f"resolver: {', '.join(self.settings['dns_nameservers']) or 'system'}")
-        lines.append("monitor mode: " + ("on" if self.settings["monitor"] else "off"))
+        s = self.settings
+        lines.append(f"virus scanning: {s['clamd'] or 'off'}, spam scoring: {s['spamd'] or 'off'}"
+                     f", challenge-response: {s['challenge_store'] or 'off'}")
+        lines.append("monitor mode: " + ("on" if s["monitor"] else "off"))
         return lines
 
 
