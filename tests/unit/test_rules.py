@@ -667,7 +667,7 @@ def test_rules_split_into_mail_and_rcpt(tmp_path: Path) -> None:
     assert {r.stage for r in rl.mail.rules} == {Stage.MAIL}
     assert {r.stage for r in rl.rcpt.rules} == {Stage.RCPT}
     assert [rl.name for rl in p.rule_lists] == ["access"]
-    assert p.summary()[2] == "access: 3 rules at MAIL, 3 at RCPT"
+    assert p.summary()[2] == "access: 3 rules at MAIL, 3 at RCPT, 0 at end of message"
 
 
 def test_empty_rule_stage_is_false(tmp_path: Path) -> None:
