@@ -17,13 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE_RULES = REPO / "tests" / "fixtures" / "rules"
 
 
-def copy_rules(dest: Path, **settings: str) -> Path:
-    """The fixture rules copied to ``dest``, with some policy.conf settings replaced."""
-    shutil.copytree(FIXTURE_RULES, dest)
+def copy_rules(dest: Path, source: Path = FIXTURE_RULES, **settings: str) -> Path:
+    """Rules (the fixture ones unless ``source`` says) copied to ``dest``, with some
+    policy.conf settings replaced."""
+    shutil.copytree(source, dest)
     conf = dest / "policy.conf"
     text = conf.read_text()
     for name, value in settings.items():
-        text, found = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", text)
+        text, found = re.subn(rf"(?m)^{name}[ \t]*=.*$", f"{name} = {value}", text)
         if not found:
             text += f"{name} = {value}\n"
     conf.write_text(text)
