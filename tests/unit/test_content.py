@@ -202,3 +202,21 @@ def test_white_entry_can_skip_content_rules(make_rules: Callable[..., Path]) -> 
                                          "attachment *.exe reject"])
     assert send(engine, sample())[0] == "continue"
     assert send(engine, sample(), "<a@else.example>")[0] == "content_rejected"
+
+
+def test_header_fields_kept_for_rules_are_bounded() -> None:
+    from policy_milter.message import MAX_FIELD, MAX_FIELDS
+    buffer = MessageBuffer()
+    for i in range(MAX_FIELDS + 500):
+        buffer.header(f"X-Field-{i}", b"v")
+    buffer.header("X-Huge", b"x" * (MAX_FIELD * 2))
+    buffer.header("X-Bytes", b"\xff\xfe\x00 8-bit")
+    assert len(buffer.fields) == MAX_FIELDS
+    raw = buffer.open().read()
+    assert raw.count(b"X-Field-") == MAX_FIELDS + 500  # the scanners still get all of it
+    assert b"x" * (MAX_FIELD * 2) in raw and b"\xff\xfe\x00 8-bit" in raw
+    small = MessageBuffer()
+    small.header("X-Huge", b"x" * (MAX_FIELD * 2))
+    small.header("X-Bytes", b"\xff\xfe 8-bit")
+    assert len(small.fields[0][1]) == MAX_FIELD
+    assert MessageFacts(small, 1 << 20).fields[1][0] == "X-Bytes"
