@@ -7,6 +7,7 @@ rule written one way cannot be bypassed by spelling the same domain another way.
 Pure functions: no I/O, no pymilter.
 """
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -26,6 +27,7 @@ ERROR_KINDS = frozenset({"unbalanced", "syntax", "no_domain"})
 # Cc: C0/C1 controls and DEL; Cs: lone surrogates (undecodable bytes from the MTA);
 # Zl/Zp: line and paragraph separators, which would split a log line like CR/LF.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # category Cc within ASCII
 _ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f\s])+"  # RFC 5321 atext + RFC 6531 UTF-8
 _DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\[\x20-\x7e])*"')  # RFC 5321 Quoted-string, UTF-8 allowed
@@ -115,28 +117,39 @@ def parse_path(arg: str, *, null_ok: bool) -> Address:
     return _parse_mailbox(_strip_source_route(inner))
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_domain(name: str) -> str:
     """Canonical form of a domain name: lowercase A-labels without the trailing dot.
 
     Only ASCII and Unicode case are folded.  Anything else UTS #46 would map away
     (full-width letters, ideographic dots, soft hyphens, non-NFC, the Kelvin sign) is
     rejected, so a lookalike can never normalise into somebody else's domain.
+    Cached: the same few domains come back in every session and every check.
     """
     if _has_control(name):
         _bad_domain(name, "control character")
     stripped = name.removesuffix(".")
     if not stripped:
         _bad_domain(name, "empty name")
+    if stripped.isascii():  # UTS #46 only lowercases ASCII; the labels are checked below
+        mapped = stripped.lower()
+    else:
+        mapped = _remap(stripped, name)
+    domain = ".".join(_normalize_label(label, name) for label in mapped.split("."))
+    if len(domain) > MAX_DOMAIN:
+        _bad_domain(name, f"longer than {MAX_DOMAIN} octets")
+    return domain
+
+
+def _remap(stripped: str, name: str) -> str:
+    """UTS #46 mapping of a non-ASCII name, refused when it is more than case folding."""
     try:
         mapped = idna.uts46_remap(stripped, std3_rules=False, transitional=False)
     except idna.IDNAError:
         _bad_domain(name, "character not allowed in domain names")
     if mapped != _fold_case(stripped):
         _bad_domain(name, "compatibility, invisible, lookalike or non-NFC characters")
-    domain = ".".join(_normalize_label(label, name) for label in mapped.split("."))
-    if len(domain) > MAX_DOMAIN:
-        _bad_domain(name, f"longer than {MAX_DOMAIN} octets")
-    return domain
+    return mapped
 
 
 def valid_helo(name: str) -> bool:
@@ -169,6 +182,8 @@ def declared_size(params: Mapping[str, str | None]) -> int | None:
 
 
 def _has_control(text: str) -> bool:
+    if text.isascii():
+        return _ASCII_CONTROL.search(text) is not None
     return any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in text)
 
 
