@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__, catalogue
 from .checks import challenge
 from .engine import Engine
-from .log import DecisionLog, configure
+from .log import DecisionLog, configure, reopen
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background
@@ -227,6 +227,7 @@ class Server:
                 signal.pthread_kill(main, signal.SIGUSR1)  # wake the main thread
 
     def reload(self) -> None:
+        reopen(self.log.logger)
         try:
             self.engine.reload(load(self.args.rules))
         except (RuleErrors, DependencyError) as err:

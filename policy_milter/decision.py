@@ -21,9 +21,6 @@ class Action(Enum):
     ADD_HEADER = "add-header"
 
 
-STOPPING = frozenset({Action.REJECT, Action.TEMPFAIL, Action.DISCARD})
-
-
 @dataclass(frozen=True)
 class Decision:
     """One decisive answer; ``rule`` is the ``path:line`` (or setting) that produced it."""
@@ -43,7 +40,8 @@ class Decision:
     @property
     def stops(self) -> bool:
         """Whether this answer ends the transaction (or recipient) for the client."""
-        return self.action in STOPPING
+        action = self.action  # identity tests: hashing an Enum member runs Python code
+        return action is Action.REJECT or action is Action.TEMPFAIL or action is Action.DISCARD
 
     def reply_line(self) -> str:
         return self.entry.reply_line() if self.entry else ""

@@ -26,6 +26,7 @@ from .decision import CONTINUE, Action, Decision
 from .log import DecisionLog
 from .message import MessageBuffer
 from .model import Connection, Transaction, client_ip
+from .patterns import contains
 from .rules.policy import Policy
 from .services import DependencyError, Services
 from .services.challenges import ChallengeStore, SqliteChallengeStore
@@ -144,9 +145,13 @@ class Plan:
         )
         prefetch: dict[Stage, tuple[Prefetch, ...]] = {}
         if policy.uses_dns:
-            lists = (dnsbl.prefetch,) if policy.tables.zones else ()
-            rdns_first = (rdns.prefetch,) if policy.rdns != "off" else ()
-            prefetch = {Stage.CONNECT: rdns_first + lists, Stage.HELO: lists, Stage.MAIL: lists}
+            zones = bool(policy.tables.zones)
+            prefetch = {
+                Stage.CONNECT: ((rdns.prefetch,) if policy.rdns != "off" else ())
+                + ((dnsbl.AT_CONNECT,) if zones else ()),
+                Stage.HELO: (dnsbl.AT_HELO,) if zones else (),
+                Stage.MAIL: (dnsbl.AT_MAIL,) if zones else (),
+            }
         return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs,
                    keeps_message, _resolver(policy, services, previous), prefetch,
                    virus_scanner, spam_scanner, store, mailer)
@@ -310,6 +315,7 @@ class Session:
     @_guarded
     def connect(self, address: str | None, name: str, listener: str) -> Decision:
         self.conn.client_addr = client_ip(address)
+        self.conn.relay_client = contains(self.policy.relay_networks, self.conn.client_addr)
         self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name
         self.conn.listener = listener
         if self.stopping:

@@ -118,8 +118,8 @@ class _Formatter(logging.Formatter):
 
 
 def configure(target: str, level: str = "info") -> logging.Logger:
-    """``stderr``, ``syslog`` (or ``syslog:FACILITY``), or ``file:PATH`` (reopened after
-    logrotate moves it)."""
+    """``stderr``, ``syslog`` (or ``syslog:FACILITY``), or ``file:PATH`` (reopened on
+    SIGHUP, which logrotate sends after moving it: no stat() for every line)."""
     logger = logging.getLogger(LOGGER)
     logger.handlers.clear()
     logger.propagate = False
@@ -132,9 +132,18 @@ def configure(target: str, level: str = "info") -> logging.Logger:
         handler = logging.handlers.SysLogHandler(
             "/dev/log", logging.handlers.SysLogHandler.facility_names[facility])
     elif target.startswith("file:"):
-        handler = logging.handlers.WatchedFileHandler(target[len("file:"):])
+        handler = logging.FileHandler(target[len("file:"):])
     else:
         raise ValueError(f"unknown log target '{target}' (stderr, syslog[:FACILITY], file:PATH)")
     handler.setFormatter(_Formatter(stamped=not target.startswith("syslog")))
     logger.addHandler(handler)
     return logger
+
+
+def reopen(logger: logging.Logger) -> None:
+    """Reopen log files, so that a file logrotate moved away is written no more."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            with handler.lock:  # type: ignore[union-attr]
+                handler.close()
+                handler.stream = handler._open()

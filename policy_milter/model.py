@@ -40,6 +40,7 @@ class Connection:
 
     client_addr: IPAddress | None = None
     client_name: str = ""  # verified reverse name as the MTA reports it; '' when unknown
+    relay_client: bool = False  # the address is in relay_networks (fixed for the session)
     listener: str = ""  # {daemon_name}: which MTA service the client came in on
     helo: str | None = None
     helo_count: int = 0

@@ -12,7 +12,6 @@ from .. import catalogue
 from ..addresses import Address
 from ..decision import Action, Decision
 from ..model import Connection, Transaction
-from ..patterns import contains
 from ..rules.policy import Policy
 from ..rules.rulelist import CONTENT_FIELDS
 from ..rules.tables import Account, Domain
@@ -59,8 +58,7 @@ class Context:
     @property
     def trusted(self) -> bool:
         """Authenticated, or in the relay networks: allowed to relay and to use local senders."""
-        return self.conn.authenticated or contains(self.policy.relay_networks,
-                                                   self.conn.client_addr)
+        return self.conn.authenticated or self.conn.relay_client
 
     @property
     def sender(self) -> Address:

@@ -37,25 +37,38 @@ def _domain(name: str | None) -> str | None:
         return None
 
 
-def queries(ctx: Context, zone: Zone) -> list[str]:
-    """The query names for ``zone`` from what is known about the session so far."""
+ALL_TARGETS = frozenset({"client", "ptr", "helo", "sender"})
+
+
+def queries(ctx: Context, zone: Zone, targets: frozenset[str] = ALL_TARGETS) -> list[str]:
+    """The query names for ``zone`` (those of ``targets``) from what is known so far."""
     conn, found = ctx.conn, []
-    if "client" in zone.targets and conn.client_addr is not None:
+    wanted = zone.targets & targets
+    if "client" in wanted and conn.client_addr is not None:
         found.append(list_query(str(conn.client_addr), zone.zone))
-    names = {"helo": _domain(conn.helo), "ptr": _domain(conn.client_name),
-             "sender": _domain(ctx.txn.sender.domain) if ctx.txn else None}
-    found += [f"{name}.{zone.zone}" for target, name in names.items()
-              if name and target in zone.targets]
+    if "ptr" in wanted and (name := _domain(conn.client_name)):
+        found.append(f"{name}.{zone.zone}")
+    if "helo" in wanted and (name := _domain(conn.helo)):
+        found.append(f"{name}.{zone.zone}")
+    if "sender" in wanted and ctx.txn and (name := _domain(ctx.txn.sender.domain)):
+        found.append(f"{name}.{zone.zone}")
     return found
 
 
-def prefetch(ctx: Context) -> None:
-    """Start every lookup whose target is known; the check collects them later."""
-    if ctx.trusted:
-        return
-    for zone in ctx.policy.tables.zones:
-        for name in queries(ctx, zone):
-            ctx.lookup(name, "A")
+def prefetcher(targets: frozenset[str]):  # type: ignore[no-untyped-def]
+    """Start the lookups of ``targets``, which just became known; the check collects them."""
+    def prefetch(ctx: Context) -> None:
+        if ctx.trusted:
+            return
+        for zone in ctx.policy.tables.zones:
+            for name in queries(ctx, zone, targets):
+                ctx.lookup(name, "A")
+    return prefetch
+
+
+AT_CONNECT = prefetcher(frozenset({"client", "ptr"}))
+AT_HELO = prefetcher(frozenset({"helo"}))
+AT_MAIL = prefetcher(frozenset({"sender"}))
 
 
 def _classify(zone: Zone, records: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from ..addresses import (Address, AddressError, check_balanced, declared_size,
                          parse_esmtp_params, parse_path, valid_helo)
 from ..decision import Decision
-from ..patterns import contains
 from .base import Context, reject
 
 CHECK = "protocol"
@@ -35,7 +34,7 @@ def helo(ctx: Context) -> Decision | None:
     name = conn.helo or ""
     if conn.helo_count > 1 and policy.reject_repeated_helo:
         return reject("helo_already_specified", CHECK, policy.where["reject_repeated_helo"])
-    if not policy.check_helo_syntax or contains(policy.relay_networks, conn.client_addr):
+    if not policy.check_helo_syntax or conn.relay_client:
         return None
     if not check_balanced(name):
         return reject("unbalanced", CHECK, policy.where["check_helo_syntax"], f"helo {name!r}")

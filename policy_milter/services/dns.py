@@ -10,6 +10,8 @@ made once.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,6 @@ import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
-import dns.reversename
 from cachetools import TLRUCache
 
 from .errors import DependencyError
@@ -77,9 +78,10 @@ def collect(future: Future[Answer], deadline: float) -> Answer:
         raise DnsError("no answer within the DNS time budget") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def reverse_name(address: str) -> str:
     """PTR owner name: IPv4 in-addr.arpa, IPv6 nibbles under ip6.arpa."""
-    return dns.reversename.from_address(address).to_text(omit_final_dot=True)
+    return ipaddress.ip_address(address).reverse_pointer
 
 
 def list_query(address: str, zone: str) -> str:
