@@ -12,6 +12,8 @@ from .catalogue import Entry
 class Action(Enum):
     """Postfix-style answers: the first one that is not CONTINUE decides the stage."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash runs Python code
+
     CONTINUE = "continue"
     PERMIT = "permit"  # a white entry: skip the later checks it names
     REJECT = "reject"

@@ -4,6 +4,7 @@ from enum import Enum
 
 
 class Stage(Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash runs Python code
     CONNECT = "connect"
     HELO = "helo"
     MAIL = "mail"
