@@ -10,6 +10,7 @@ with the same negotiation and nothing for policy.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import Milter
@@ -79,6 +80,7 @@ def main() -> None:
     NullMilter.noreply = frozenset(filter(None, (sys.argv[3] if len(sys.argv) > 3 else "")
                                           .split(",")))
     Milter.factory = NullMilter
+    os.umask(0o111)  # a unix socket Postfix (not root) may connect to
     Milter.runmilter("nullmilter", socket, 600)
 
 

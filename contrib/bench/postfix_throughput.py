@@ -1,0 +1,186 @@
+"""Throughput through a real Postfix: smtp-source -> private Postfix -> smtp-sink.
+
+    .venv/bin/python contrib/bench/postfix_throughput.py [--messages 400] [--rounds 3]
+                                                         [--scanners] [--json FILE]
+
+Configurations, run interleaved, --rounds times each, medians reported:
+  a. Postfix with no milter;
+  b. Postfix with a null pymilter milter negotiating the same callbacks as (c);
+  c. Postfix with policy-milter on the shipped rules plus 300 access entries, reverse
+     DNS and a DNS list answered on loopback with no delay (dnsmasq, rbldnsd);
+  d. as (c) with clamd and spamd scanning every message (--scanners; slow).
+Each at concurrency 1, 10 and 32, with 1 KB and 50 KB messages, over a unix socket
+and, for (b) and (c) at 1 KB, over TCP too.  The client (smtp-source, 127.0.0.1) is
+outside policy-milter's relay networks, so every check runs.  Figure: messages
+delivered to smtp-sink per second, from the first connection to the last delivery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from policy_milter.engine import Engine  # noqa: E402
+from policy_milter.rules.policy import load  # noqa: E402
+from tests.conftest import copy_rules  # noqa: E402
+from tests.support.dnsservers import Dnsmasq, Rbldnsd, free_port  # noqa: E402
+from tests.support.postfix import PostfixInstance  # noqa: E402
+from tests.support.scanners import ClamdServer, SpamdServer  # noqa: E402
+
+CONCURRENCY = (1, 10, 32)
+SIZES = {"1KB": 1024, "50KB": 50 * 1024}
+
+
+@contextmanager
+def background(command: list[str], ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while ready is not None and not ready.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{command[:3]} did not start")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def policy_rules(work: Path, dns_port: int, name: str, **settings: str) -> Path:
+    rules = copy_rules(work / name, REPO / "rules", dns_nameservers="127.0.0.1",
+                       dns_port=str(dns_port), rdns="required", dnsbl="dnsbl",
+                       relay_networks="10.255.0.0/16", local_sender_requires_auth="no",
+                       **settings)
+    (rules / "dnsbl").write_text("bl.test client\n")
+    (rules / "access").write_text("".join(
+        f"client 203.0.113.{i % 250 + 1} reject\n" if i % 2 else
+        f"sender @spam{i}.example reject\n" for i in range(300)))
+    return rules
+
+
+def run_once(postfix: PostfixInstance, sink_dir: Path, messages: int, sessions: int,
+             size: int) -> float:
+    """Messages per second from the first connection to the last delivery."""
+    before = len(list(sink_dir.iterdir()))
+    started = time.perf_counter()
+    subprocess.run(["/usr/sbin/smtp-source", "-c", "-l", str(size), "-m", str(messages),
+                    "-s", str(sessions), "-f", "bench@sender.example",
+                    "-t", "postmaster@example.com", f"127.0.0.1:{postfix.smtp_port}"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=600)
+    deadline = time.monotonic() + 300
+    while len(list(sink_dir.iterdir())) < before + messages:
+        if time.monotonic() > deadline:
+            raise RuntimeError("not every message reached the sink")
+        time.sleep(0.01)
+    return messages / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scanners", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="postfix-bench-"))
+    work.chmod(0o755)
+    results: dict[str, list[float]] = {}
+    try:
+        with ExitStack() as stack:
+            rbl = stack.enter_context(Rbldnsd(work / "rbl", {
+                "bl.test": ("ip4set", ":127.0.0.2:listed\n203.0.113.0/24\n")}))
+            dns = stack.enter_context(Dnsmasq(work / "dns", ptr_records=[("127.0.0.1",
+                                                                          "localhost.test")],
+                                              forward={"bl.test": rbl.port}))
+            rules = {"policy": policy_rules(work, dns.port, "rules")}
+            if args.scanners:
+                clamd = stack.enter_context(ClamdServer(work / "clamd"))
+                spamd = stack.enter_context(SpamdServer(work / "spamd"))
+                rules["scanners"] = policy_rules(work, dns.port, "rules-scanners",
+                                                 clamd=clamd.unix_address, spamd=spamd.address)
+            needs = Engine(load(rules["policy"])).plan.needs
+            null_args = [",".join(s.value for s in needs.callbacks),
+                         ",".join(s.value for s in needs.noreply)]
+            sink_dir = work / "sink"
+            sink_dir.mkdir()
+            sink_dir.chmod(0o777)  # smtp-sink writes as postfix
+            sink_port = free_port()
+            stack.enter_context(background(["/usr/sbin/smtp-sink", "-u", "postfix", "-d",
+                                            f"{sink_dir}/%M.", f"127.0.0.1:{sink_port}", "256"]))
+            milters: dict[str, str] = {"none": ""}
+            for name, transport in (("null", "unix"), ("null", "inet"), ("policy", "unix"),
+                                    ("policy", "inet"), *((("scanners", "unix"),)
+                                                          if args.scanners else ())):
+                sock = work / f"{name}-{transport}.sock"
+                port = free_port()
+                spec = f"unix:{sock}" if transport == "unix" else f"inet:{port}@127.0.0.1"
+                ready = sock if transport == "unix" else None
+                if name == "null":
+                    command = [sys.executable, str(REPO / "contrib/bench/nullmilter.py"), spec,
+                               *null_args]
+                else:
+                    command = [sys.executable, "-m", "policy_milter.cli", "run", "--rules",
+                               str(rules[name]), "--socket", spec, "--socket-mode", "666",
+                               "--log", f"file:{work / (name + transport + '.log')}"]
+                stack.enter_context(background(command, ready))
+                milters[f"{name}/{transport}"] = (f"unix:{sock}" if transport == "unix"
+                                                  else f"inet:127.0.0.1:{port}")
+            if any(t == "inet" for t in milters):
+                time.sleep(1)
+            postfixes = {}
+            for label, spec in milters.items():
+                postfixes[label] = stack.enter_context(PostfixInstance(
+                    work / f"postfix-{label.replace('/', '-')}", spec,
+                    local_domains=["example.com"], mailboxes=["postmaster@example.com"],
+                    extra_main_cf={"transport_maps": f"static:smtp:[127.0.0.1]:{sink_port}",
+                                   "smtpd_milters": spec,
+                                   "default_process_limit": "100"}))
+            for _ in range(args.rounds):
+                for size_name, size in SIZES.items():
+                    for c in CONCURRENCY:
+                        for label, postfix in postfixes.items():
+                            if label.endswith("/inet") and size_name != "1KB":
+                                continue
+                            key = f"{label}|{size_name}|{c}"
+                            results.setdefault(key, []).append(
+                                run_once(postfix, sink_dir, args.messages, c, size))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = {k: statistics.median(v) for k, v in results.items()}
+    print(f"through Postfix, {args.messages} messages per run, median of {args.rounds} rounds "
+          "(messages/s delivered)")
+    labels = list(dict.fromkeys(k.split("|")[0] for k in table))
+    print("| size | concurrency | " + " | ".join(labels) + " | policy/none | policy/null |")
+    print("|---|---|" + "---|" * len(labels) + "---|---|")
+    for size_name in SIZES:
+        for c in CONCURRENCY:
+            row = [table.get(f"{label}|{size_name}|{c}") for label in labels]
+            cells = " | ".join(f"{v:.0f}" if v else "-" for v in row)
+            pol, none, null = (table[f"{x}|{size_name}|{c}"] for x in
+                               ("policy/unix", "none", "null/unix"))
+            print(f"| {size_name} | {c} | {cells} | {pol / none:.2f} | {pol / null:.2f} |")
+    for c in CONCURRENCY:
+        pol, null, none = (table[f"{x}|1KB|{c}"] for x in ("policy/inet", "null/inet", "none"))
+        print(f"inet, 1KB, concurrency {c}: policy/none {pol / none:.2f}, "
+              f"policy/null {pol / null:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
