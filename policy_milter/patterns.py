@@ -198,4 +198,4 @@ class NetworkPatterns(PatternSet[T]):
 
 def contains(patterns: PatternSet[None], value: object) -> bool:
     """Whether any pattern matches ``value``."""
-    return any(True for _ in patterns.find(value))  # type: ignore[arg-type]
+    return bool(patterns) and any(True for _ in patterns.find(value))  # type: ignore[arg-type]

@@ -65,6 +65,7 @@ class Context:
         assert self.txn is not None
         return self.txn.sender
 
+    @cached_property
     def sender_account(self) -> Account | None:
         """The account that sends: the authenticated login's, else the sender address's."""
         tables = self.policy.tables
@@ -72,6 +73,7 @@ class Context:
             return tables.account_for_login(self.conn.auth_login)
         return tables.accounts.get(self.sender.key) if self.txn else None
 
+    @cached_property
     def sender_domain(self) -> Domain | None:
         return self.policy.tables.domain(self.sender.domain) if self.txn else None
 
@@ -93,8 +95,9 @@ class Context:
                 "recipient": self.rcpt,
                 "listener": self.conn.listener or None,
                 "authenticated": self.conn.authenticated,
-                **{name: facts for name in CONTENT_FIELDS},
             }
+            if facts is not None:
+                self._values.update(dict.fromkeys(CONTENT_FIELDS, facts))
         return self._values
 
 
@@ -122,7 +125,7 @@ def smallest(*limits: tuple[int, str]) -> tuple[int, str]:
 def sender_limit(ctx: Context, setting: str, attribute: str) -> tuple[int, str]:
     """Server setting, sender domain and sending account: the smallest non-zero applies."""
     levels = [(ctx.policy.settings[setting], ctx.policy.where[setting])]
-    for owner in (ctx.sender_domain(), ctx.sender_account()):
+    for owner in (ctx.sender_domain, ctx.sender_account):
         if owner is not None:
             levels.append((getattr(owner.limits, attribute), owner.where))
     return smallest(*levels)

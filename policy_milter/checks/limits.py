@@ -22,7 +22,7 @@ def _rate_owner(ctx: Context) -> tuple[str, Limits, str] | None:
     """Whose period limits apply: the logged-in account's, else its domain's."""
     if not ctx.conn.authenticated:
         return None
-    account = ctx.sender_account()
+    account = ctx.sender_account
     if account is not None and (account.limits.limit_messages or account.limits.limit_recipients):
         return f"account:{account.address}", account.limits, account.where
     name = account.address.rpartition("@")[2] if account else \
