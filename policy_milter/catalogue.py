@@ -46,7 +46,7 @@ class Entry:
         return self.code.startswith("4")
 
     def reply_line(self, detail: str = "") -> str:
-        """The reply as the client reads it, e.g. ``550 5.7.1 Access not allowed``."""
+        """The reply as the client reads it: code, enhanced code and text, space-separated."""
         return " ".join(p for p in (self.code, self.enhanced, self.message(detail)) if p)
 
     def message(self, detail: str = "") -> str:

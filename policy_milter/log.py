@@ -2,10 +2,11 @@
 
     event=decision qid=4ZxK1 stage=rcpt client=192.0.2.7 client_name=mx.example.net
     helo=mx.example.net sender=a@example.net rcpt=b@example.com rule=rules/access:12
-    check=access action=reject reply="550 5.7.1 Access not allowed" monitor=no
+    check=access action=reject reply="..." monitor=no
     duration_ms=0.180 detail="..."
 
-(one line in the log).  Values are quoted when they need it; quotes, backslashes,
+(one line in the log; ``reply`` is the catalogue entry's reply line, here
+``access_denied``'s).  Values are quoted when they need it; quotes, backslashes,
 control characters and undecodable bytes are escaped, so a hostile HELO cannot forge a
 line.  Field names never change meaning; new fields are only added at the end.
 """

@@ -49,7 +49,7 @@ class Domain:
 
     @property
     def local(self) -> bool:
-        """Mail for it is delivered here (what 'local domains only' allows)."""
+        """Mail for it is delivered here (what a ``local-only`` account may send to)."""
         return self.kind in (DomainKind.LOCAL, DomainKind.LIST)
 
 
