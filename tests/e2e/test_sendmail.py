@@ -10,9 +10,10 @@ never from this file, put in the form Sendmail gives them:
 
 - Sendmail passes a milter's code, enhanced code and text through, but (err.c) writes the
   address before the text of a reply to MAIL or RCPT whose code is 450, 550 or 553:
-  ``550 5.1.1 <nobody@example.com>... Unknown user local`` and also, at MAIL,
-  ``550 5.7.1 <alice@example.com>... Access not allowed``; ``551 5.1.1 No such user found``
-  or ``552 5.5.3 Too many recipients`` arrive as the milter wrote them.
+  ``unknown_user_local`` for ``<nobody@example.com>`` reads ``550 5.1.1
+  <nobody@example.com>... `` followed by the entry's text, and so does ``access_denied``
+  at MAIL; ``user_not_local`` (551) or ``too_many_recipients`` (552) arrive as the
+  milter wrote them.
 - A refused HELO/EHLO still gets 250 (with a shortened extension list); the milter's reply
   then answers the session's MAIL, RCPT and DATA (not HELO, NOOP, RSET or QUIT), and the
   milter is not asked again in that session (an unknown command gets Sendmail's own 500).
