@@ -12,15 +12,27 @@ import dataclasses
 import functools
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from . import catalogue
 from .addresses import Address
-from .checks import (access, auth, challenge, dnsbl, limits, protocol, rdns, recipients,
-                     relay, size, spam, virus)
+from .checks import (
+    access,
+    auth,
+    challenge,
+    dnsbl,
+    limits,
+    protocol,
+    rdns,
+    recipients,
+    relay,
+    size,
+    spam,
+    virus,
+)
 from .checks.base import Check, Context
 from .decision import CONTINUE, Action, Decision
 from .log import DecisionLog

@@ -16,17 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from harness import null_milter, policy_milter, process, status  # noqa: E402
 
 from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.mtaclient import MilterClient  # noqa: E402
@@ -39,33 +39,8 @@ IDLE_COUNTS = (0, 64, 256)
 LINE = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n"
 
 
-def status(pid: int, field: str) -> int:
-    """A /proc/PID/status figure in bytes (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
-
-
-@contextmanager
-def process(command: list[str], socket_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{command[:3]} did not start")
-            time.sleep(0.05)
-        time.sleep(0.2)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def session(address: str, body: bytes | None) -> MilterClient:
@@ -132,12 +107,9 @@ def main() -> int:
             noreply = ",".join(s.value for s in needs.noreply)
             null_sock, policy_sock = work / "null.sock", work / "policy.sock"
             null = stack.enter_context(process(
-                [sys.executable, str(REPO / "contrib/bench/nullmilter.py"), f"unix:{null_sock}",
-                 callbacks, noreply], null_sock))
+                null_milter(f"unix:{null_sock}", callbacks, noreply), null_sock))
             policy = stack.enter_context(process(
-                [sys.executable, "-m", "policy_milter.cli", "run", "--rules", str(rules),
-                 "--socket", f"unix:{policy_sock}", "--log", f"file:{work / 'milter.log'}"],
-                policy_sock))
+                policy_milter(rules, f"unix:{policy_sock}", work / "milter.log"), policy_sock))
             results = {"null milter": measure(null.pid, f"unix:{null_sock}", big),
                        "policy-milter": measure(policy.pid, f"unix:{policy_sock}", big)}
     finally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,12 +25,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from harness import cpu_seconds, null_milter, policy_milter, process  # noqa: E402
 
 from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.mtaclient import MilterClient  # noqa: E402
@@ -94,27 +94,6 @@ def drive(address: str, sessions: int, concurrency: int) -> dict[str, float]:
             "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def milter_process(command: list[str], socket_path: Path) -> Iterator[int]:
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while not socket_path.exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{command[:3]} did not start")
-            time.sleep(0.05)
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def measure(pid: int, address: str, sessions: int, concurrency: int) -> dict[str, float]:
     before = cpu_seconds(pid)
     out = subprocess.run([sys.executable, __file__, "--drive", address, str(sessions),
@@ -161,14 +140,12 @@ def main() -> int:
             needs = Engine(load(rules)).plan.needs
             sockets = {"null": work / "null.sock", "policy": work / "policy.sock"}
             pids = {
-                "null": stack.enter_context(milter_process(
-                    [sys.executable, str(REPO / "contrib/bench/nullmilter.py"),
-                     f"unix:{sockets['null']}", ",".join(s.value for s in needs.callbacks),
-                     ",".join(s.value for s in needs.noreply)], sockets["null"])),
-                "policy": stack.enter_context(milter_process(
-                    [sys.executable, "-m", "policy_milter.cli", "run", "--rules", str(rules),
-                     "--socket", f"unix:{sockets['policy']}", "--log",
-                     f"file:{work / 'milter.log'}"], sockets["policy"])),
+                "null": stack.enter_context(process(null_milter(
+                    f"unix:{sockets['null']}", ",".join(s.value for s in needs.callbacks),
+                    ",".join(s.value for s in needs.noreply)), sockets["null"])).pid,
+                "policy": stack.enter_context(process(policy_milter(
+                    rules, f"unix:{sockets['policy']}", work / "milter.log"),
+                    sockets["policy"])).pid,
             }
             for name in pids:  # warm up: caches, threads, first DNS answers
                 measure(pids[name], f"unix:{sockets[name]}", 300, 8)

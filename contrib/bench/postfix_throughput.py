@@ -25,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from harness import null_milter, policy_milter, process  # noqa: E402
 
 from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.rules.policy import load  # noqa: E402
@@ -41,22 +42,6 @@ from tests.support.scanners import ClamdServer, SpamdServer  # noqa: E402
 
 CONCURRENCY = (1, 10, 32)
 SIZES = {"1KB": 1024, "50KB": 50 * 1024}
-
-
-@contextmanager
-def background(command: list[str], ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while ready is not None and not ready.exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{command[:3]} did not start")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def policy_rules(work: Path, dns_port: int, name: str, **settings: str) -> Path:
@@ -119,7 +104,7 @@ def main() -> int:
             sink_dir.mkdir()
             sink_dir.chmod(0o777)  # smtp-sink writes as postfix
             sink_port = free_port()
-            stack.enter_context(background(["/usr/sbin/smtp-sink", "-u", "postfix", "-d",
+            stack.enter_context(process(["/usr/sbin/smtp-sink", "-u", "postfix", "-d",
                                             f"{sink_dir}/%M.", f"127.0.0.1:{sink_port}", "256"]))
             milters: dict[str, str] = {"none": ""}
             for name, transport in (("null", "unix"), ("null", "inet"), ("policy", "unix"),
@@ -129,14 +114,9 @@ def main() -> int:
                 port = free_port()
                 spec = f"unix:{sock}" if transport == "unix" else f"inet:{port}@127.0.0.1"
                 ready = sock if transport == "unix" else None
-                if name == "null":
-                    command = [sys.executable, str(REPO / "contrib/bench/nullmilter.py"), spec,
-                               *null_args]
-                else:
-                    command = [sys.executable, "-m", "policy_milter.cli", "run", "--rules",
-                               str(rules[name]), "--socket", spec, "--socket-mode", "666",
-                               "--log", f"file:{work / (name + transport + '.log')}"]
-                stack.enter_context(background(command, ready))
+                command = null_milter(spec, *null_args) if name == "null" else policy_milter(
+                    rules[name], spec, work / f"{name}-{transport}.log")
+                stack.enter_context(process(command, ready))
                 milters[f"{name}/{transport}"] = (f"unix:{sock}" if transport == "unix"
                                                   else f"inet:127.0.0.1:{port}")
             if any(t == "inet" for t in milters):

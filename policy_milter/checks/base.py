@@ -10,20 +10,20 @@ from typing import Any
 
 from .. import catalogue
 from ..addresses import Address
+from ..content import MessageFacts
 from ..decision import Action, Decision
+from ..log import DecisionLog
 from ..model import Connection, Transaction
 from ..rules.policy import Policy
 from ..rules.rulelist import CONTENT_FIELDS
 from ..rules.tables import Account, Domain
-from ..content import MessageFacts
-from ..log import DecisionLog
 from ..services import Services
 from ..services.challenges import ChallengeStore
 from ..services.clamd import VirusScanner
 from ..services.dns import Answer, DnsError, Resolver
+from ..services.dns import key as dns_key
 from ..services.mailer import Mailer
 from ..services.spamd import SpamScanner
-from ..services.dns import key as dns_key
 from ..stages import Stage
 
 

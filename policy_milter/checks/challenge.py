@@ -19,9 +19,9 @@ from email.utils import formatdate, make_msgid
 from .. import catalogue
 from ..addresses import Address
 from ..decision import Action, Decision
+from ..log import DecisionLog
 from ..patterns import contains
 from ..services.challenges import ChallengeStore, Held
-from ..log import DecisionLog
 from ..services.errors import DependencyError
 from ..services.mailer import Mailer
 from .base import Context

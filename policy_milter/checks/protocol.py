@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..addresses import (Address, AddressError, check_balanced, declared_size,
-                         parse_esmtp_params, parse_path, valid_helo)
+from ..addresses import (
+    Address,
+    AddressError,
+    check_balanced,
+    declared_size,
+    parse_esmtp_params,
+    parse_path,
+    valid_helo,
+)
 from ..decision import Decision
 from .base import Context, reject
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import glob
 import re
-from ipaddress import ip_address
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
 from ..services.dns import DnsConfig
 from .rulelist import RuleList, RuleListParser
-from .source import Errors, Line, RuleErrors, parse_bool, parse_count, parse_size, read_lines
+from .source import Errors, Line, parse_bool, parse_count, parse_size, read_lines
 from .tables import Tables
 
 MAIN_FILE = "policy.conf"

@@ -19,11 +19,15 @@ from pathlib import Path
 
 from .. import catalogue
 from ..catalogue import Entry, Kind
+from ..content import (
+    AttachmentPatterns,
+    BodyPatterns,
+    ContentPatterns,
+    HeaderPatterns,
+    MimeTypePatterns,
+)
 from ..decision import Action, Decision
-from ..content import (AttachmentPatterns, BodyPatterns, ContentPatterns, HeaderPatterns,
-                       MimeTypePatterns)
-from ..patterns import (AddressPatterns, DomainPatterns, NetworkPatterns, PatternError,
-                        PatternSet)
+from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
 from ..stages import Stage
 from .source import Errors, Line, parse_bool, read_lines
 

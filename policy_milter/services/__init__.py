@@ -15,9 +15,9 @@ from ..log import LOGGER, fields
 from .challenges import ChallengeStore
 from .clamd import VirusScanner
 from .dns import Resolver
+from .errors import DependencyError
 from .mailer import Mailer
 from .spamd import SpamScanner
-from .errors import DependencyError
 from .state import MemoryRateStore, RateStore
 
 __all__ = ["DependencyError", "Services", "in_background"]

@@ -12,8 +12,16 @@ from policy_milter import catalogue
 from policy_milter.mtaclient import EomResult, MilterClient, Reply
 from tests.conftest import copy_rules
 from tests.milter.conftest import MilterProcess, start_milter
-from tests.support.scanners import (ClamdServer, FakeScanner, SpamdServer, clean_message,
-                                    eicar_attachment, eicar_inline, eicar_nested, gtube_message)
+from tests.support.scanners import (
+    ClamdServer,
+    FakeScanner,
+    SpamdServer,
+    clean_message,
+    eicar_attachment,
+    eicar_inline,
+    eicar_nested,
+    gtube_message,
+)
 from tests.support.session import assert_reply
 
 CONTENT_RULES = ["attachment *.exe,*.scr reject",

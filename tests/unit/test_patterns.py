@@ -7,8 +7,16 @@ import ipaddress
 import pytest
 
 from policy_milter.addresses import Address, parse_path
-from policy_milter.patterns import (AddressPatterns, DomainPatterns, NetworkPatterns,
-                                    PatternError, PatternSet, contains, domain_name, parents)
+from policy_milter.patterns import (
+    AddressPatterns,
+    DomainPatterns,
+    NetworkPatterns,
+    PatternError,
+    PatternSet,
+    contains,
+    domain_name,
+    parents,
+)
 
 
 def addr(text: str) -> Address:

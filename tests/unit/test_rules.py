@@ -257,15 +257,15 @@ TABLE_ERRORS = [
     ("accounts", ["alice@exa..mple"],
      [(1, "'alice@exa..mple': invalid domain 'exa..mple': empty label")]),
     ("accounts", ["alice@example.com flag"],
-     [(1, f"unknown word 'flag' (expected one of: limit_messages=, limit_recipients=, "
+     [(1, "unknown word 'flag' (expected one of: limit_messages=, limit_recipients=, "
           "local-only, login=, max_receive_size=, max_recipients=, max_size=, moved)")]),
     ("accounts", ["alice@example.com Login=alice max_size=big"],
      [(1, "max_size: 'big' is not a size (a number with an optional K, M or G)")]),
     ("accounts", ["alice@example.com owner=bob"], [(1, "unknown attribute 'owner'")]),
     ("accounts", ["Alice@Example.com", "# again", "alice@EXAMPLE.com local-only",
                   "<alice@example.com>"],
-     [(3, f"account 'alice@EXAMPLE.com' is already defined at {{dir}}/accounts:1"),
-      (4, f"account '<alice@example.com>' is already defined at {{dir}}/accounts:1")]),
+     [(3, "account 'alice@EXAMPLE.com' is already defined at {dir}/accounts:1"),
+      (4, "account '<alice@example.com>' is already defined at {dir}/accounts:1")]),
     ("aliases", ["abuse@example.com postmaster@example.com", "sales@example.com"],
      [(2, "alias 'sales@example.com' has no target")]),
     ("aliases", ["@example.com"], [(1, "alias '@example.com' has no target")]),

@@ -1,0 +1,56 @@
+"""What the benchmarks share: processes started and stopped around a measurement, and
+/proc readings of a process's CPU time and memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+NULL_MILTER = REPO / "contrib" / "bench" / "nullmilter.py"
+
+
+@contextmanager
+def process(command: list[str], ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` for the block; when ``ready`` is given, wait until it exists."""
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while ready is not None and not ready.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(command[:3])} did not start")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def policy_milter(rules: Path, socket: str, log: Path) -> list[str]:
+    """The command line of policy-milter serving ``rules`` on ``socket``."""
+    return [sys.executable, "-m", "policy_milter.cli", "run", "--rules", str(rules),
+            "--socket", socket, "--socket-mode", "666", "--log", f"file:{log}"]
+
+
+def null_milter(socket: str, callbacks: str, noreply: str) -> list[str]:
+    return [sys.executable, str(NULL_MILTER), socket, callbacks, noreply]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status(pid: int, field: str) -> int:
+    """A /proc/PID/status figure in bytes (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
