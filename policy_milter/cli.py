@@ -25,7 +25,6 @@ from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background
 from .services.challenges import SqliteChallengeStore
-from .services.mailer import SmtpMailer
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
@@ -116,7 +115,7 @@ def challenges(args: argparse.Namespace) -> int:
         else:
             entry = store.release(args.id)
             found = entry is not None and challenge.release(
-                store, SmtpMailer(*policy.challenge_smtp), log, entry)
+                store, challenge.smtp_mailer(policy), log, entry)
     except DependencyError as err:
         print(f"policy-milter: {err}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +45,7 @@ from .services import DependencyError, Services
 from .services.challenges import ChallengeStore, SqliteChallengeStore
 from .services.clamd import Clamd, VirusScanner
 from .services.dns import DnsResolver, Resolver
-from .services.mailer import Mailer, SmtpMailer
+from .services.mailer import Mailer
 from .services.spamd import Spamd, SpamScanner
 from .stages import Stage
 
@@ -179,7 +180,7 @@ def _challenge_services(policy: Policy, services: Services, previous: Plan | Non
     """The store (reused across reloads while its directory stays) and the mailer."""
     if not policy.challenge_store:
         return None, None
-    mailer = services.mailer or SmtpMailer(*policy.challenge_smtp)
+    mailer = services.mailer or challenge.smtp_mailer(policy)
     if services.challenges is not None:
         return services.challenges, mailer
     if previous is not None and previous.challenges is not None \
@@ -325,7 +326,9 @@ class Session:
         return decision
 
     @_guarded
-    def connect(self, address: str | None, name: str, listener: str) -> Decision:
+    def connect(self, address: str | None, name: str, listener: str,
+                mta_name: str = "") -> Decision:
+        self.conn.mta_name = mta_name
         self.conn.client_addr = client_ip(address)
         self.conn.relay_client = contains(self.policy.relay_networks, self.conn.client_addr)
         self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name
@@ -402,7 +405,19 @@ class Session:
         if self.plan.keeps_message:
             if txn.message is None:
                 txn.message = MessageBuffer()
+                txn.message.header("Received", self._trace(txn).encode("utf-8", "replace"))
             txn.message.header(name, value)
+
+    def _trace(self, txn: Transaction) -> str:
+        """The Received field the MTA adds only after the milter: scanners judge the relay
+        path by it, and held mail keeps its origin."""
+        conn = self.conn
+        ident = f" id {txn.queue_id}" if txn.queue_id else ""
+        return (f"from {conn.helo or 'unknown'} ({conn.client_name or 'unknown'} "
+                f"[{conn.client_addr or 'unknown'}])\r\n\tby {conn.mta_name or 'localhost'} "
+                f"(policy-milter) with ESMTP{ident}"
+                f" for <{txn.recipients[0].key if txn.recipients else ''}>;\r\n\t"
+                f"{formatdate(localtime=False)}")
 
     def body(self, chunk: bytes) -> None:
         txn = self.txn

@@ -36,7 +36,7 @@ _ACTION_BITS = {"addheader": Milter.ADDHDRS, "chgheader": Milter.CHGHDRS,
                 "delrcpt": Milter.DELRCPT, "quarantine": Milter.QUARANTINE}
 # The macros each stage reads; requested so the MTA sends these and nothing else.
 MACROS = {
-    Milter.M_CONNECT: "{daemon_name}",
+    Milter.M_CONNECT: "j {daemon_name}",
     Milter.M_HELO: "{tls_version}",
     Milter.M_ENVFROM: "i {auth_authen}",
     Milter.M_ENVRCPT: "i",
@@ -110,7 +110,8 @@ class PolicyMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         inet = family in (socket.AF_INET, socket.AF_INET6) and hostaddr
         address = hostaddr[0] if inet else None
-        decision = self.session.connect(address, hostname or "", self._macro("{daemon_name}"))
+        decision = self.session.connect(address, hostname or "", self._macro("{daemon_name}"),
+                                        self._macro("j"))
         return self._answer(decision, Stage.CONNECT)
 
     @_safe(Stage.HELO)

@@ -42,6 +42,7 @@ class Connection:
     client_name: str = ""  # verified reverse name as the MTA reports it; '' when unknown
     relay_client: bool = False  # the address is in relay_networks (fixed for the session)
     listener: str = ""  # {daemon_name}: which MTA service the client came in on
+    mta_name: str = ""  # j: the MTA's own host name
     helo: str | None = None
     helo_count: int = 0
     tls: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -110,6 +111,14 @@ class Check:
     stage: Stage
     run: Callable[[Context], Decision | None]
     failure: str = "failure_action"
+
+
+def base_address(rcpt: Address, delimiter: str) -> Address:
+    """``user+tag@domain`` -> ``user@domain`` when ``+`` is the recipient delimiter: the
+    mailbox the MTA delivers to, which is what recipient policies are about."""
+    if not delimiter or delimiter not in rcpt.local:
+        return rcpt
+    return dataclasses.replace(rcpt, local=rcpt.local.split(delimiter, 1)[0])
 
 
 def reject(entry: str, check: str, rule: str, detail: str = "") -> Decision:

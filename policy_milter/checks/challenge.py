@@ -23,12 +23,18 @@ from ..log import DecisionLog
 from ..patterns import contains
 from ..services.challenges import ChallengeStore, Held
 from ..services.errors import DependencyError
-from ..services.mailer import Mailer
-from .base import Context
+from ..rules.policy import Policy
+from ..services.mailer import Mailer, SmtpMailer
+from .base import Context, base_address
 
 CHECK = "challenge"
 _BULK = re.compile(r"\s*(bulk|list|junk)\s*$", re.IGNORECASE)
 SWEEP_EVERY = 600.0  # seconds between expiry sweeps, run from the mail flow
+
+
+def smtp_mailer(policy: Policy) -> SmtpMailer:
+    """The MTA that takes challenges and released mail, greeted as the challenge domain."""
+    return SmtpMailer(*policy.challenge_smtp, helo=policy.challenge_address.rpartition("@")[2])
 
 
 def answer_token(ctx: Context, rcpt: Address) -> str | None:
@@ -67,12 +73,13 @@ def check(ctx: Context) -> Decision | None:
     held: list[str] = []
     for rcpt in txn.recipients:
         token = answer_token(ctx, rcpt)
+        mailbox = base_address(rcpt, ctx.policy.recipient_delimiter)  # user+tag is user
         if token is not None:
             _answered(ctx, store, store.answer(token, sender.key))
             dropped.append(rcpt)
-        elif contains(ctx.policy.challenge_recipients, rcpt) and not _exempt(ctx) \
-                and not store.allowed(rcpt.key, sender.key):
-            _hold(ctx, store, rcpt)
+        elif contains(ctx.policy.challenge_recipients, mailbox) and not _exempt(ctx) \
+                and not store.allowed(mailbox.key, sender.key):
+            _hold(ctx, store, rcpt, mailbox)
             dropped.append(rcpt)
             held.append(rcpt.key)
     if not dropped:
@@ -83,9 +90,10 @@ def check(ctx: Context) -> Decision | None:
                     recipients=tuple(dropped))
 
 
-def _hold(ctx: Context, store: ChallengeStore, rcpt: Address) -> None:
+def _hold(ctx: Context, store: ChallengeStore, rcpt: Address, mailbox: Address) -> None:
+    """Keep the copy for ``rcpt``; the allow list and the challenge are ``mailbox``'s."""
     assert ctx.txn is not None and ctx.txn.message is not None
-    entry, new = store.hold(rcpt.key, ctx.txn.sender.key, ctx.txn.message.open())
+    entry, new = store.hold(mailbox.key, ctx.txn.sender.key, ctx.txn.message.open())
     ctx.log.event("challenge_held", qid=ctx.txn.queue_id, id=entry.id, sender=entry.sender,
                   rcpt=entry.recipient, new_challenge="yes" if new else "no")
     if new:

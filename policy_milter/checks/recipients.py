@@ -6,21 +6,12 @@ are judged; mail for other domains is the relay check's business.
 
 from __future__ import annotations
 
-from ..addresses import Address
 from ..decision import Decision
 from ..patterns import contains
 from ..rules.tables import DomainKind, MailingList
-from .base import Context, reject
+from .base import Context, base_address, reject
 
 CHECK = "recipients"
-
-
-def _base_key(rcpt: Address, delimiter: str) -> str:
-    """``user+tag@domain`` -> ``user@domain`` when ``+`` is the recipient delimiter."""
-    local = rcpt.local.lower()
-    if delimiter and delimiter in local:
-        local = local.split(delimiter, 1)[0]
-    return f"{local}@{rcpt.domain}"
 
 
 def known(ctx: Context) -> Decision | None:
@@ -30,7 +21,7 @@ def known(ctx: Context) -> Decision | None:
     domain = tables.domain(rcpt.domain)
     if domain is None or rcpt.route_domains:
         return None
-    key = _base_key(rcpt, ctx.policy.recipient_delimiter)
+    key = base_address(rcpt, ctx.policy.recipient_delimiter).key
     if domain.kind is DomainKind.RELAY:
         if rcpt.domain in tables.relay_domains_listed and key not in tables.relay_recipients \
                 and rcpt.domain not in tables.relay_catchall:

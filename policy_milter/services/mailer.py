@@ -20,13 +20,14 @@ class SmtpMailer:
     challenge-response check then finds the sender allowed and lets them pass.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
+    def __init__(self, host: str, port: int, helo: str, timeout: float = 30.0) -> None:
+        self.host, self.port, self.helo, self.timeout = host, port, helo, timeout
 
     def send(self, sender: str, recipients: list[str], message: bytes | BinaryIO) -> None:
         data = message if isinstance(message, bytes) else message.read()
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            # An explicit HELO name: smtplib would otherwise ask the system resolver.
+            with smtplib.SMTP(self.host, self.port, self.helo, timeout=self.timeout) as smtp:
                 refused = smtp.sendmail(sender, recipients, data)
         except (smtplib.SMTPException, OSError) as err:
             raise DependencyError("smtp", f"{self.host}:{self.port}: {err}") from None

@@ -90,7 +90,8 @@ def test_spam_below_reject_is_tagged(content_milter: MilterProcess) -> None:
         result = send(client, gtube_message())
     assert isinstance(result, EomResult) and result.reply.action == "continue"
     headers = dict(args[:2] for kind, args in result.modifications if kind == "addheader")
-    assert headers["X-Spam-Status"].startswith("Yes, score=1000")
+    assert headers["X-Spam-Status"].startswith("Yes, score=")
+    assert float(headers["X-Spam-Score"]) >= 1000
     assert "GTUBE" in headers["X-Spam-Status"]
     subject = [args for kind, args in result.modifications if kind == "chgheader"]
     assert subject and subject[0][1] == "Subject" and subject[0][2].startswith("[SPAM] ")

@@ -153,7 +153,7 @@ def test_decision_log_names_the_rule(milter: MilterProcess) -> None:
 
 def test_negotiation_asks_only_for_what_it_needs(milter: MilterProcess) -> None:
     with milter.client() as client:
-        assert client.macro_lists.get("C") == {"{daemon_name}"}
+        assert client.macro_lists.get("C") == {"j", "{daemon_name}"}
         assert "{auth_authen}" in client.macro_lists.get("M", set())
 
 
