@@ -118,8 +118,6 @@ def _regex(text: str) -> re.Pattern[str]:
 class ContentPatterns(ABC, Generic[T]):
     """Patterns over MessageFacts; never hashable, so rules using them are scanned."""
 
-    kind = "content"
-
     def __init__(self) -> None:
         self._items: list[tuple[object, T]] = []
 

@@ -49,8 +49,6 @@ def parents(domain: str) -> Iterator[str]:
 class PatternSet(Generic[T]):
     """Common storage: exact keys, and globs tried in order."""
 
-    kind = "word"
-
     def __init__(self) -> None:
         self._exact: dict[str, list[T]] = defaultdict(list)
         self._globs: list[tuple[re.Pattern[str], T]] = []
@@ -76,8 +74,6 @@ class PatternSet(Generic[T]):
 
 class DomainPatterns(PatternSet[T]):
     """``example.com`` (exact), ``.example.com`` or ``*.example.com`` (any subdomain), globs."""
-
-    kind = "domain"
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,8 +109,6 @@ class DomainPatterns(PatternSet[T]):
 class AddressPatterns(PatternSet[T]):
     """Mail addresses: ``user@example.com``, ``@example.com`` (whole domain), ``@.example.com``
     (subdomains), ``user@`` (that local part anywhere), ``<>`` (null sender), globs."""
-
-    kind = "address"
 
     def __init__(self) -> None:
         super().__init__()
@@ -159,8 +153,6 @@ class AddressPatterns(PatternSet[T]):
 
 class NetworkPatterns(PatternSet[T]):
     """Client addresses and CIDR blocks, IPv4 and IPv6 (IPv4-mapped IPv6 is IPv4)."""
-
-    kind = "network"
 
     def __init__(self) -> None:
         super().__init__()

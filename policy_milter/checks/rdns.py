@@ -17,7 +17,6 @@ from ..services.dns import Answer, DnsError, collect, reverse_name
 from .base import Context, reject
 
 CHECK = "rdns"
-MODES = ("off", "required", "forward-confirmed")
 
 
 def _forward_type(ctx: Context) -> str:

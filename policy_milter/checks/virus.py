@@ -13,7 +13,6 @@ from ..services.errors import DependencyError
 from .base import Context
 
 CHECK = "virus"
-ACTIONS = ("reject", "discard", "quarantine")
 
 
 def check(ctx: Context) -> Decision | None:
