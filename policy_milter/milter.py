@@ -108,8 +108,10 @@ class PolicyMilter(Milter.Base):
 
     @_safe(Stage.CONNECT)
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        inet = family in (socket.AF_INET, socket.AF_INET6) and hostaddr
-        address = hostaddr[0] if inet else None
+        address = None
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            # libmilter gives (address, port[, ...]); Milter.testctx gives the address
+            address = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
         decision = self.session.connect(address, hostname or "", self._macro("{daemon_name}"),
                                         self._macro("j"))
         return self._answer(decision, Stage.CONNECT)

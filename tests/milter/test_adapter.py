@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -17,6 +18,7 @@ from policy_milter.milter import PolicyMilter
 from policy_milter.rules.policy import Policy, load
 from policy_milter.services import Services
 from policy_milter.services.state import MemoryRateStore
+from tests.support.session import ROWS, Scenario
 
 MESSAGE = b"From: a@sender.example\nTo: postmaster@example.com\nSubject: hi\n\nHello.\n"
 
@@ -99,3 +101,44 @@ def test_negotiation_follows_the_policy(make_rules: Callable[..., Path]) -> None
     assert without & Milter.P_NR_CONN and not without & Milter.P_NR_RCPT
     with_limit = negotiated(make_rules())
     assert not with_limit & Milter.P_NOBODY and with_limit & Milter.P_NR_BODY
+
+
+def drive_ctx(ctx: testctx.TestCtx, s: Scenario) -> int:
+    """The scenario through Milter.testctx, as libmilter would call the adapter."""
+    for name, value in (("{daemon_name}", s.listener), ("{auth_authen}", s.login),
+                        ("i", "QID1")):
+        ctx._setsymval(name, value)
+    ctx._negotiate()
+    family = socket.AF_INET6 if ":" in s.addr else socket.AF_INET
+    rc = Milter.connect_callback(ctx, "mx.sender.example", family, s.addr)
+    if s.stage == "unknown":
+        return ctx.getpriv().unknown(s.unknown)
+    for name in s.helo:
+        rc = ctx._helo(name)
+    if s.stage == "helo":
+        return rc
+    rc = ctx._envfrom(s.sender, *s.params)
+    if s.stage == "mail":
+        return rc
+    for rcpt in s.rcpts:
+        rc = ctx._envrcpt(rcpt)
+        if rc != Milter.CONTINUE:
+            break
+    if s.stage == "rcpt":
+        return rc
+    rc = ctx._data()
+    if s.stage == "data":
+        return rc
+    ctx._header("Subject", "test")
+    ctx._eoh()
+    ctx._feed_body(BytesIO(s.body))
+    return ctx._eom()
+
+
+@pytest.mark.parametrize("scenario", ROWS.values(), ids=ROWS.keys())
+def test_catalogue_row_through_testctx(fixture_policy: Policy, scenario: Scenario) -> None:
+    ctx = context(Engine(fixture_policy, Services()), scenario.listener)
+    rc = drive_ctx(ctx, scenario)
+    entry = catalogue.get(scenario.entry)
+    assert rc == (Milter.TEMPFAIL if entry.temporary else Milter.REJECT)
+    assert replied(ctx, scenario.entry)
