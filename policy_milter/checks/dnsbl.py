@@ -128,9 +128,9 @@ def check(ctx: Context) -> Decision | None:
 
 def _txt(ctx: Context, blocks: list[tuple[Zone, str, list[str]]], deadline: float) -> str:
     """TXT records of the listing zones that ask for them, for the log only."""
-    wanted = [(z, n, ctx.lookup(n, "TXT")) for z, n, _ in blocks if z.txt]
+    wanted = [(z, ctx.lookup(n, "TXT")) for z, n, _ in blocks if z.txt]
     texts = []
-    for zone, name, future in wanted:
+    for zone, future in wanted:
         try:
             records = collect(future, deadline).records
         except DnsError:

@@ -75,7 +75,7 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     except FileNotFoundError:
-        raise SendmailUnavailable(f"{cmd[0]} is needed to unpack Sendmail (a Debian machine)")
+        raise SendmailUnavailable(f"{cmd[0]} is needed to unpack Sendmail (a Debian machine)") from None
 
 
 def download(debs: Path) -> None:
