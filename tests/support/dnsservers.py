@@ -11,13 +11,11 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
-import os
 import selectors
-import shutil
 import socket
-import subprocess
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,34 +36,11 @@ import dns.rrset
 from dns.name import Name
 from dns.rdatatype import RdataType
 
-LOOPBACK = "127.0.0.1"
+from tests.support.daemon import LOOPBACK, Daemon, bind_pair, free_port
+
+__all__ = ["Dnsmasq", "FakeDns", "Rbldnsd", "free_port"]
+
 GARBAGE = b"not a DNS message at all"
-
-
-def _bind_pair() -> tuple[socket.socket, socket.socket]:
-    """A UDP and a TCP socket bound to one free loopback port, since DNS needs both."""
-    for _ in range(50):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind((LOOPBACK, 0))
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed conns in TIME_WAIT
-        try:
-            tcp.bind((LOOPBACK, udp.getsockname()[1]))
-        except OSError:
-            udp.close()
-            tcp.close()
-            continue
-        return udp, tcp
-    raise OSError("no loopback port is free for both UDP and TCP")
-
-
-def free_port() -> int:
-    """A loopback port free for UDP and TCP right now, for a server that binds it itself."""
-    udp, tcp = _bind_pair()
-    port: int = udp.getsockname()[1]
-    udp.close()
-    tcp.close()
-    return port
 
 
 def _text(name: str | Name) -> str:
@@ -340,7 +315,7 @@ class FakeDns:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Self:
-        udp, tcp = _bind_pair()
+        udp, tcp = bind_pair()
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # bursts of parallel queries
         tcp.listen(64)
         wake_r, wake_w = socket.socketpair()
@@ -396,64 +371,17 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     return data
 
 
-class _Daemon:
-    """A real DNS daemon on a free loopback port: started, probed until it answers, stopped.
+class _DnsDaemon(Daemon):
+    """A real DNS daemon: ready once every probe query is answered."""
 
-    A missing binary or a daemon that will not serve raises, with its log: no test skips silently.
-    """
+    start_timeout = 10.0
 
-    binary = ""
-    package = ""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = 0
-        self.log = workdir / f"{self.binary}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def _prepare(self) -> None:
-        """Write what the daemon reads before it starts."""
-
-    def _command(self, binary: str) -> list[str]:
-        raise NotImplementedError
-
+    @abstractmethod
     def _probes(self) -> list[tuple[str, str]]:
         """Queries that get NOERROR or NXDOMAIN once everything is loaded."""
-        raise NotImplementedError
 
-    def start(self) -> Self:
-        path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-        binary = shutil.which(self.binary, path=path)
-        if binary is None:
-            raise FileNotFoundError(f"{self.binary} not installed (Debian package {self.package})")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._prepare()
-        for _ in range(3):  # a new port if another process took ours before the daemon bound it
-            self.port = free_port()
-            with open(self.log, "wb") as log:
-                self._proc = subprocess.Popen(
-                    self._command(binary),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if self._wait_ready():
-                return self
-        self._proc = None
-        raise RuntimeError(f"{self.binary} exited at start:\n{self.log.read_text()}")
-
-    def _wait_ready(self, timeout: float = 10.0) -> bool:
-        """True once every probe is answered, False if the daemon died; raises if never serving."""
-        assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                return False
-            if all(self._answers(name, rdtype) for name, rdtype in self._probes()):
-                return True
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.binary} not serving after {timeout} s:\n{self.log.read_text()}")
+    def _ready(self) -> bool:
+        return all(self._answers(name, rdtype) for name, rdtype in self._probes())
 
     def _answers(self, name: str, rdtype: str) -> bool:
         query = dns.message.make_query(name, rdtype)
@@ -463,25 +391,8 @@ class _Daemon:
             return False
         return r.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
 
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class Rbldnsd(_Daemon):
+class Rbldnsd(_DnsDaemon):
     """The real rbldnsd serving DNSBL/RHSBL zones, so lookups meet its exact answers.
 
     ``zones`` maps a zone to (dataset type such as 'ip4set' or 'dnset', file content); the files
@@ -498,7 +409,7 @@ class Rbldnsd(_Daemon):
         self.zones = zones
         self.ttl = ttl
 
-    def _prepare(self) -> None:
+    def _configure(self) -> None:
         self.workdir.chmod(0o755)
         for zone, (dataset, content) in self.zones.items():
             path = self.workdir / f"{zone}.{dataset}"
@@ -522,7 +433,7 @@ def _reverse_name(name_or_ip: str) -> str:
     return dns.reversename.from_address(name_or_ip).to_text(omit_final_dot=True)
 
 
-class Dnsmasq(_Daemon):
+class Dnsmasq(_DnsDaemon):
     """The real dnsmasq serving A/AAAA records with their PTRs, for reverse-DNS tests.
 
     ``host_records`` (name, ip) give A or AAAA plus the matching PTR; ``ptr_records`` (reverse name

@@ -12,24 +12,18 @@ The EICAR and GTUBE test strings are assembled at run time, so that no scanner f
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
-import os
 import shutil
-import signal
 import socket
 import socketserver
-import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
-from tests.support.dnsservers import free_port
+from tests.support.daemon import LOOPBACK, Daemon
 
-LOOPBACK = "127.0.0.1"
 EICAR = ("X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*").encode()
 GTUBE = ("XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-" + "ANTI-UBE-TEST-EMAIL*C.34X").encode()
 EICAR_SIGNATURE = "Eicar-Test-Signature"  # clamd reports it as Eicar-Test-Signature.UNOFFICIAL
@@ -118,82 +112,7 @@ def _ask(address: str, request: bytes, timeout: float = 1.0) -> bytes:
         return b""
 
 
-class _Daemon:
-    """A real scanner daemon in its own process group, on a free port: started, probed, stopped."""
-
-    binary = ""
-    package = ""
-    start_timeout = 30.0
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = 0
-        self.output = workdir / f"{self.binary}.out"  # stdout and stderr
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def _configure(self) -> None:
-        """Write what the daemon reads, for the port just chosen."""
-
-    def _command(self, binary: str) -> list[str]:
-        raise NotImplementedError
-
-    def _ready(self) -> bool:
-        raise NotImplementedError
-
-    def start(self) -> Self:
-        path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-        binary = shutil.which(self.binary, path=path)
-        if binary is None:
-            raise FileNotFoundError(f"{self.binary} not installed (Debian package {self.package})")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):  # a new port if another process took ours before the daemon bound it
-            self.port = free_port()
-            self._configure()
-            with open(self.output, "wb") as out:
-                self._proc = subprocess.Popen(self._command(binary), stdin=subprocess.DEVNULL,
-                                              stdout=out, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
-            if self._wait_ready():
-                return self
-        self._proc = None
-        raise RuntimeError(f"{self.binary} exited at start:\n{self.output.read_text()}")
-
-    def _wait_ready(self) -> bool:
-        """True once it answers, False if it died; raises if it never answers."""
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                return False
-            if self._ready():
-                return True
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.binary} not answering after {self.start_timeout} s:\n"
-                           f"{self.output.read_text()}")
-
-    def stop(self) -> None:
-        """SIGTERM to the whole process group (spamd's children too), SIGKILL for stragglers."""
-        if self._proc is None:
-            return
-        group = self._proc.pid  # start_new_session: the daemon leads its own group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-        self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class ClamdServer(_Daemon):
+class ClamdServer(Daemon):
     """The real clamd with one signature of our own: EICAR's body, as an .ndb rule.
 
     It finds EICAR inline, in base64 attachments and in attached messages.  ``stream_max`` is
@@ -260,7 +179,7 @@ use_pyzor 0
 """
 
 
-class SpamdServer(_Daemon):
+class SpamdServer(Daemon):
     """The real spamd with Debian's shipped rules (no sa-update), offline.
 
     Its site config is a copy of /etc/spamassassin's *.pre files (without them no plugin
