@@ -277,9 +277,11 @@ class Session:
 
     def _prefetch(self, stage: Stage) -> None:
         """Start the slow lookups the later stages will need; a failure here only logs."""
-        for start in self.plan.prefetch.get(stage, ()):
+        starts = self.plan.prefetch.get(stage, ())
+        ctx = self._context() if starts else None
+        for start in starts:
             try:
-                start(self._context())
+                start(ctx)  # type: ignore[arg-type]
             except Exception as err:  # the check that needs the answer will decide
                 self.log.internal_error(stage, self.conn, self.txn, err)
 
