@@ -329,7 +329,10 @@ def test_accept_ends_the_message_like_postfix(start_milter):
         client.rcpt("<b@example.com>")
         assert client.message(b"X-Accept: yes\n\nbody\n") == Reply("accept")
         assert client.mail("<c@example.com>").action == "continue"
-    assert kinds(milter) == ["connect", "mail", "rcpt", "header", "eoh", "mail"]
+    # QUIT with a transaction open makes libmilter call abort; it may log after we read.
+    events = kinds(milter)
+    assert events[:6] == ["connect", "mail", "rcpt", "header", "eoh", "mail"]
+    assert events[6:] in ([], ["abort"])
 
 
 def test_skip_stops_body_chunks(start_milter):
@@ -354,7 +357,9 @@ def test_abort_awaits_no_reply_and_a_new_transaction_follows(start_milter):
         client.rcpt("<b@example.com>")
         client.abort()
         assert client.mail("<c@example.com>").action == "continue"
-    assert kinds(milter) == ["connect", "mail", "rcpt", "abort", "mail"]
+    events = kinds(milter)  # QUIT with MAIL open may add an abort after we read
+    assert events[:5] == ["connect", "mail", "rcpt", "abort", "mail"]
+    assert events[5:] in ([], ["abort"])
 
 
 def test_header_with_non_utf8_bytes_is_sent_verbatim(start_milter):
