@@ -39,6 +39,25 @@ _ROUTING = re.compile(r"[!%@]")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # RFC 5321 esmtp-keyword
 _CLOSERS = {">": "<", "]": "[", ")": "("}
 _POSTMASTER = "postmaster"
+_UNSPLIT = frozenset({"postmaster", "mailer-daemon", "double-bounce"})  # never split
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def client_ip(text: str | None) -> IPAddress | None:
+    """The client address as an ip_address, IPv4-mapped IPv6 unwrapped; None when unknown."""
+    if not text:
+        return None
+    text = text.strip().removeprefix("[").removesuffix("]")
+    text = text.removeprefix("IPv6:").removeprefix("ipv6:")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
 
 
 class AddressError(ValueError):
@@ -53,11 +72,16 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True)
 class Address:
-    """A parsed envelope address; ``domain`` and ``route_domains`` are normalised."""
+    """A parsed envelope address; ``domain`` and ``route_domains`` are normalised.
+
+    ``local`` is the whole local part; when a recipient delimiter split it (``split``),
+    ``extension`` holds what followed the delimiter and ``mailbox_local`` what preceded it.
+    """
 
     local: str
     domain: str
     route_domains: tuple[str, ...] = ()
+    extension: str | None = None  # None: no delimiter in the local part
 
     @property
     def is_null(self) -> bool:
@@ -72,6 +96,42 @@ class Address:
         """Lookup key: local parts compare case-insensitively in rule files."""
         local = self.local.lower()
         return f"{local}@{self.domain}" if self.domain else local
+
+    @property
+    def mailbox_local(self) -> str:
+        """The local part without its extension and delimiter."""
+        if self.extension is None:
+            return self.local
+        return self.local[: len(self.local) - len(self.extension) - 1]
+
+    @property
+    def mailbox_key(self) -> str:
+        """The lookup key of the mailbox: ``user+tag@domain`` -> ``user@domain``."""
+        if self.extension is None:
+            return self.key
+        local = self.mailbox_local.lower()
+        return f"{local}@{self.domain}" if self.domain else local
+
+    def split(self, delimiters: str) -> "Address":
+        """This address with its extension split off at the first of ``delimiters``,
+        as Postfix's split_addr() does: reserved names (postmaster, mailer-daemon,
+        double-bounce) stay whole, so do ``owner-*`` and ``*-request`` when ``-`` is a
+        delimiter, and so does a local part the split would leave empty."""
+        if not delimiters or self.extension is not None:
+            return self
+        local = self.local
+        cut = -1
+        for delimiter in delimiters:
+            found = local.find(delimiter)
+            if found >= 0 and (cut < 0 or found < cut):
+                cut = found
+        if cut <= 0:
+            return self
+        low = local.lower()
+        if low in _UNSPLIT or ("-" in delimiters and (
+                low.startswith("owner-") or (low.endswith("-request") and len(low) > 8))):
+            return self
+        return Address(local, self.domain, self.route_domains, local[cut + 1:])
 
     def __str__(self) -> str:
         if self.is_null:

@@ -1,4 +1,4 @@
-"""Command line: ``policy-milter run | check``.
+"""Command line: ``policy-milter run | check | challenges | catalogue | checks``.
 
 Exit codes: 0 success; 1 the rules have errors (each printed as path:line: message);
 2 bad command-line usage; 3 the milter could not start or stopped on an error.
@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 from . import __version__, catalogue
-from .checks import challenge
+from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, configure, reopen
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background
 from .services.challenges import SqliteChallengeStore
+from .services.factory import smtp_mailer
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     rules_help = f"rules directory holding policy.conf (default {DEFAULT_RULES})"
     sub.add_parser("catalogue", help="print every reply the milter can send (markdown)")
+    sub.add_parser("checks", help="print the order of checks (markdown)")
     check = sub.add_parser("check", help="validate the rules and print a summary")
     check.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     held = sub.add_parser("challenges", help="list, release, drop or expire held mail")
@@ -93,7 +95,8 @@ def challenges(args: argparse.Namespace) -> int:
     policy = _load(args.rules)
     if policy is None:
         return EXIT_RULES
-    if not policy.challenge_store:
+    settings = policy.settings
+    if not settings.challenge_store:
         print(f"policy-milter: challenge-response is off in {args.rules}", file=sys.stderr)
         return EXIT_USAGE
     if args.action in ("release", "drop") and not args.id:
@@ -101,21 +104,21 @@ def challenges(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     log = DecisionLog(configure("stderr"))
     try:
-        store = SqliteChallengeStore(Path(policy.challenge_store))
+        store = SqliteChallengeStore(Path(settings.challenge_store))
         if args.action == "list":
             for held in store.pending():
                 queued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held.queued_at))
                 print(f"{held.id} {queued} {held.size} {held.sender} -> {held.recipient}")
             return 0
         if args.action == "expire":
-            print(f"expired {len(store.expire(policy.challenge_expire))} held message(s)")
+            print(f"expired {len(store.expire(settings.challenge_expire))} held message(s)")
             return 0
         if args.action == "drop":
             found = store.drop(args.id)
         else:
             entry = store.release(args.id)
-            found = entry is not None and challenge.release(
-                store, challenge.smtp_mailer(policy), log, entry)
+            found = entry is not None and challenge.release(store, smtp_mailer(policy), log,
+                                                            entry)
     except DependencyError as err:
         print(f"policy-milter: {err}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -141,10 +144,13 @@ def run(args: argparse.Namespace) -> int:
         log.event("error", level=logging.ERROR, error=str(err))
         return EXIT_RUNTIME
     _settle()
-    plan = engine.plan
-    if plan.challenges is not None and plan.mailer is not None:
-        in_background(lambda: challenge.redeliver(plan.challenges, plan.mailer, log))  # type: ignore[arg-type]
-    return Server(engine, log, args).serve()
+    store, mailer = engine.plan.live.challenges, engine.plan.live.mailer
+    if store is not None and mailer is not None:
+        in_background(lambda: challenge.redeliver(store, mailer, log))
+    try:
+        return Server(engine, log, args).serve()
+    finally:
+        engine.close()
 
 
 def _settle() -> None:
@@ -229,8 +235,9 @@ class Server:
         reopen(self.log.logger)
         try:
             self.engine.reload(load(self.args.rules))
-        except (RuleErrors, DependencyError) as err:
-            problems = err.errors if isinstance(err, RuleErrors) else [str(err)]
+        except Exception as err:  # a reload that fails keeps the rules in force
+            problems = err.errors if isinstance(err, RuleErrors) else [
+                str(err) if isinstance(err, DependencyError) else repr(err)]
             for line in problems:
                 self.log.event("reload_error", level=logging.ERROR, error=line)
             self.log.event("reload", level=logging.ERROR, status="failed",
@@ -244,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "catalogue":
         print(catalogue.markdown_table())
+        return 0
+    if args.command == "checks":
+        print(order.markdown())
         return 0
     commands = {"check": check, "challenges": challenges, "run": run}
     return commands[args.command](args)

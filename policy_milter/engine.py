@@ -15,41 +15,27 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any, TypeVar
 
 from . import catalogue
-from .addresses import Address
-from .checks import (
-    access,
-    auth,
-    challenge,
-    dnsbl,
-    limits,
-    protocol,
-    rdns,
-    recipients,
-    relay,
-    size,
-    spam,
-    virus,
-)
-from .checks.base import Check, Context
+from .checks import access, protocol
+from .checks.base import Check, Context, NotChecked
+from .checks.order import ACTIONS, ORDER, SKIPPABLE
 from .decision import CONTINUE, Action, Decision
+from .envelope import Directory
 from .log import DecisionLog
 from .message import MessageBuffer
-from .model import Connection, Transaction, client_ip
+from .addresses import client_ip
+from .model import Connection, Transaction
 from .patterns import contains
 from .rules.policy import Policy
 from .services import DependencyError, Services
-from .services.challenges import ChallengeStore, SqliteChallengeStore
-from .services.clamd import Clamd, VirusScanner
-from .services.dns import DnsResolver, Resolver
-from .services.mailer import Mailer
-from .services.spamd import Spamd, SpamScanner
+from .services.factory import Live, build
 from .stages import Stage
 
 F = TypeVar("F", bound=Callable[..., Any])
+UNCHECKED_HEADER = "X-Policy-Unchecked"  # what could not be checked, and why
+_MAX_UNCHECKED = 900  # characters of that header's value
 
 
 @dataclass(frozen=True)
@@ -58,116 +44,67 @@ class Needs:
 
     callbacks: frozenset[Stage]
     noreply: frozenset[Stage]
-    actions: frozenset[str]  # 'addheader', 'delrcpt', 'quarantine'
+    actions: frozenset[str]  # 'addheader', 'chgheader', 'delrcpt', 'quarantine'
 
 
-Prefetch = Callable[[Context], None]
+Hook = Callable[[Context], None]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A policy and the checks it switches on, per stage, in evaluation order."""
+    """A policy, the services it uses, and the checks it switches on, per stage, in the
+    order of ``checks.order.ORDER``."""
 
     policy: Policy
+    live: Live
+    directory: Directory
     checks: dict[Stage, tuple[Check, ...]]
-    counts_size: bool
     needs: Needs
     keeps_message: bool  # a content check reads the message: buffer it
-    dns: Resolver | None = None
-    prefetch: dict[Stage, tuple[Prefetch, ...]] = dataclasses.field(default_factory=dict)
-    virus: VirusScanner | None = None
-    spam: SpamScanner | None = None
-    challenges: ChallengeStore | None = None
-    mailer: Mailer | None = None
+    prefetch: dict[Stage, tuple[Hook, ...]]
+    after_accept: tuple[Hook, ...]
 
     @classmethod
-    def build(cls, policy: Policy, services: Services, previous: Plan | None = None) -> Plan:
-        """``previous`` lends its resolver (and cache) when the DNS settings did not change."""
-        rule_checks = [c for rl in policy.rule_lists for c in access.checks(rl)]
-        counts_size = size.limits_configured(policy)
-        virus_scanner = services.virus or (
-            Clamd(policy.clamd, policy.clamd_timeout, policy.clamd_max_size)
-            if policy.clamd else None)
-        spam_scanner = services.spam or (
-            Spamd(policy.spamd, policy.spamd_timeout, policy.spamd_user)
-            if policy.spamd else None)
-        store, mailer = _challenge_services(policy, services, previous)
-        helo_checks = policy.check_helo_syntax or policy.reject_repeated_helo
-        plan: dict[Stage, list[Check]] = {
-            Stage.HELO: [Check(protocol.CHECK, Stage.HELO, protocol.helo)] if helo_checks else [],
-            Stage.MAIL: [
-                *([Check(protocol.CHECK, Stage.MAIL, protocol.helo_required)]
-                  if policy.require_helo else []),
-                Check(size.CHECK, Stage.MAIL, size.declared_mail),
-                Check(auth.CHECK, Stage.MAIL, auth.required),
-                *(c for c in rule_checks if c.stage is Stage.MAIL),
-                *([Check("local_sender", Stage.MAIL, auth.local_sender)]
-                  if policy.local_sender_requires_auth else []),
-                *([Check(rdns.CHECK, Stage.MAIL, rdns.check)] if policy.rdns != "off" else []),
-                *([Check(dnsbl.CHECK, Stage.MAIL, dnsbl.check)] if policy.tables.zones else []),
-            ],
-            Stage.RCPT: [
-                Check(relay.CHECK, Stage.RCPT, relay.relay),
-                *([Check(challenge.CHECK, Stage.RCPT, challenge.answer_rcpt)] if store else []),
-                Check(recipients.CHECK, Stage.RCPT, recipients.known),
-                Check(auth.CHECK, Stage.RCPT, auth.local_only),
-                Check(limits.CHECK, Stage.RCPT, limits.account_rate),
-                Check(limits.CHECK, Stage.RCPT, limits.too_many),
-                Check(size.CHECK, Stage.RCPT, size.declared_rcpt),
-                *(c for c in rule_checks if c.stage is Stage.RCPT),
-            ],
-            Stage.DATA: [Check(protocol.CHECK, Stage.DATA, protocol.has_recipients)],
-            Stage.EOM: [
-                Check(protocol.CHECK, Stage.EOM, protocol.has_recipients),
-                *([Check(size.CHECK, Stage.EOM, size.counted)] if counts_size else []),
-                *(c for c in rule_checks if c.stage is Stage.EOM),
-                *([Check(virus.CHECK, Stage.EOM, virus.check, failure="virus_failure_action")]
-                  if virus_scanner else []),
-                *([Check(spam.CHECK, Stage.EOM, spam.check)] if spam_scanner else []),
-                *([Check(challenge.CHECK, Stage.EOM, challenge.check)] if store else []),
-            ],
-        }
-        content_fields = {c.field for rl in policy.rule_lists for r in rl.eom.rules
-                          for c in r.conditions}
-        scans = bool(virus_scanner or spam_scanner or store)
-        keeps_message = bool(content_fields) or scans
-        reads_body = bool(content_fields - {"header"}) or scans
-        decisions = [r.decision for rl in policy.rule_lists
-                     for _, index in rl.stages() for r in index.rules]
-        rcpt_discards = any(r.decision.action is Action.DISCARD
-                            for rl in policy.rule_lists for r in rl.rcpt.rules)
+    def build(cls, policy: Policy, live: Live) -> Plan:
+        settings = policy.settings
+        checks: dict[Stage, list[Check]] = {stage: [] for stage in Stage}
+        prefetch: dict[Stage, list[Hook]] = {stage: [] for stage in Stage}
+        needs: set[str] = set()
+        after: list[Hook] = []
+        for spec in ORDER:
+            if spec.run is None:
+                index = policy.rules(spec.name, spec.stage)
+                if not index:
+                    continue
+                checks[spec.stage].append(Check(spec.name, spec.stage, access.walk(index)))
+                needs |= access.needs(index, spec.stage)
+                continue
+            if not spec.enabled(policy):
+                continue
+            checks[spec.stage].append(Check(spec.name, spec.stage, spec.run, spec.failure))
+            needs |= spec.needs
+            if spec.after_accept is not None:
+                after.append(spec.after_accept)
+            for stage, start in spec.prefetch:
+                prefetch[stage].append(start)
+            marks = (spec.depends and settings.failure(spec.failure) == "accept") or (
+                spec.unscannable and settings.unscannable_action is None)
+            if marks:
+                needs.add("addheader")  # the unchecked header
+        keeps_message = bool(needs & {"headers", "message"})
         callbacks = {Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA,
                      Stage.UNKNOWN, Stage.EOM}
-        if counts_size or keeps_message:
+        if needs & {"size", "headers", "message"}:
             callbacks.add(Stage.HEADER)
-        if counts_size or reads_body:
+        if needs & {"size", "message"}:
             callbacks.add(Stage.BODY)
-        needs = Needs(
-            callbacks=frozenset(callbacks),
-            noreply=frozenset({Stage.CONNECT, Stage.HEADER, Stage.BODY}
-                              | (set() if helo_checks else {Stage.HELO})),
-            actions=frozenset(
-                [name for name, action in (("addheader", Action.ADD_HEADER),
-                                           ("quarantine", Action.QUARANTINE))
-                 if any(d.action is action for d in decisions)]
-                + (["delrcpt"] if rcpt_discards or store else [])
-                + (["addheader"] if spam_scanner else [])
-                + (["chgheader"] if spam_scanner and policy.spam_subject_tag else [])
-                + (["quarantine"] if virus_scanner and policy.virus_action == "quarantine"
-                   else [])),
-        )
-        prefetch: dict[Stage, tuple[Prefetch, ...]] = {}
-        if policy.uses_dns:
-            zones = bool(policy.tables.zones)
-            prefetch = {
-                Stage.CONNECT: ((rdns.prefetch,) if policy.rdns != "off" else ())
-                + ((dnsbl.AT_CONNECT,) if zones else ()),
-                Stage.HELO: (dnsbl.AT_HELO,) if zones else (),
-                Stage.MAIL: (dnsbl.AT_MAIL,) if zones else (),
-            }
-        return cls(policy, {s: tuple(c) for s, c in plan.items()}, counts_size, needs,
-                   keeps_message, _resolver(policy, services, previous), prefetch,
-                   virus_scanner, spam_scanner, store, mailer)
+        noreply = {Stage.CONNECT, Stage.HEADER, Stage.BODY}
+        if not checks[Stage.HELO]:
+            noreply.add(Stage.HELO)
+        return cls(policy, live, Directory(policy.tables, settings.recipient_delimiter),
+                   {s: tuple(c) for s, c in checks.items()},
+                   Needs(frozenset(callbacks), frozenset(noreply), frozenset(needs & ACTIONS)),
+                   keeps_message, {s: tuple(p) for s, p in prefetch.items()}, tuple(after))
 
 
 def _tagged_subject(txn: Transaction, prefix: str) -> tuple[str, int, str]:
@@ -175,26 +112,9 @@ def _tagged_subject(txn: Transaction, prefix: str) -> tuple[str, int, str]:
     return "Subject", 1, f"{prefix} {subject or ''}".strip()
 
 
-def _challenge_services(policy: Policy, services: Services, previous: Plan | None
-                        ) -> tuple[ChallengeStore | None, Mailer | None]:
-    """The store (reused across reloads while its directory stays) and the mailer."""
-    if not policy.challenge_store:
-        return None, None
-    mailer = services.mailer or challenge.smtp_mailer(policy)
-    if services.challenges is not None:
-        return services.challenges, mailer
-    if previous is not None and previous.challenges is not None \
-            and previous.policy.challenge_store == policy.challenge_store:
-        return previous.challenges, mailer
-    return SqliteChallengeStore(Path(policy.challenge_store)), mailer
-
-
-def _resolver(policy: Policy, services: Services, previous: Plan | None) -> Resolver | None:
-    if services.dns is not None or not policy.uses_dns:
-        return services.dns
-    reusable = previous is not None and isinstance(previous.dns, DnsResolver) \
-        and previous.dns.config == policy.dns_config
-    return previous.dns if reusable else DnsResolver(policy.dns_config)  # type: ignore[union-attr]
+def _unchecked_value(notes: list[str]) -> str:
+    text = "".join(c if " " <= c <= "~" else "?" for c in "; ".join(notes))
+    return text if len(text) <= _MAX_UNCHECKED else text[: _MAX_UNCHECKED - 3] + "..."
 
 
 @dataclass
@@ -209,33 +129,59 @@ class Outcome:
 
 
 class Engine:
-    """Holds the current plan; a reload swaps it whole, sessions keep the one they began with."""
+    """Holds the current plan; a reload swaps it whole, sessions keep the one they began
+    with.  The services a replaced plan alone used are closed when its last session ends."""
 
     def __init__(self, policy: Policy, services: Services | None = None,
                  log: DecisionLog | None = None) -> None:
         self.services = services or Services()
         self.log = log or DecisionLog()
-        self.plan = Plan.build(policy, self.services)
-        self._open = 0
+        self.plan = Plan.build(policy, build(policy, self.services))
+        self._users: dict[int, int] = {id(self.plan): 0}  # open sessions per plan
+        self._retired: list[Plan] = []
         self._lock = threading.Lock()
         self.stopping = False  # set on SIGTERM: new connections are told to come back
 
     def reload(self, policy: Policy) -> None:
-        self.plan = Plan.build(policy, self.services, self.plan)
+        plan = Plan.build(policy, build(policy, self.services, self.plan.live))
+        with self._lock:
+            self._retired.append(self.plan)
+            self.plan = plan
+            self._users[id(plan)] = 0
+            self._close_unused()
 
     def session(self) -> Session:
         with self._lock:
-            self._open += 1
-        return Session(self.plan, self.services, self.log, self._closed, self.stopping)
+            plan = self.plan
+            self._users[id(plan)] += 1
+        return Session(plan, self.services, self.log, lambda: self._closed(plan), self.stopping)
 
-    def _closed(self) -> None:
+    def _closed(self, plan: Plan) -> None:
         with self._lock:
-            self._open -= 1
+            self._users[id(plan)] -= 1
+            self._close_unused()
+
+    def _close_unused(self) -> None:
+        """Close the retired plans no session uses, sparing what a live plan shares."""
+        idle = [p for p in self._retired if not self._users[id(p)]]
+        if not idle:
+            return
+        self._retired = [p for p in self._retired if self._users[id(p)]]
+        in_use = [item for p in (self.plan, *self._retired) for item in p.live.owned]
+        for plan in idle:
+            del self._users[id(plan)]
+            plan.live.close(in_use)
+
+    def close(self) -> None:
+        """Close every service (the milter is stopping)."""
+        with self._lock:
+            for plan in (*self._retired, self.plan):
+                plan.live.close()
 
     @property
     def open_sessions(self) -> int:
         """Connections not yet closed: a stopping milter waits for them to finish."""
-        return self._open
+        return sum(self._users.values())
 
 
 def _guarded(method: F) -> F:
@@ -269,15 +215,13 @@ class Session:
         self.conn = Connection()
         self.txn: Transaction | None = None
 
-    def _context(self, rcpt: Address | None = None) -> Context:
-        bypass = self.txn.bypass if self.txn else frozenset()
-        plan = self.plan
-        return Context(self.policy, self.services, self.log, plan.dns, plan.virus, plan.spam,
-                       plan.challenges, plan.mailer, self.conn, self.txn, rcpt, bypass)
+    def _context(self, bypass: frozenset[str] = frozenset(), **state: Any) -> Context:
+        return Context(self.policy, self.services, self.plan.live, self.log, self.conn,
+                       self.txn, bypass=bypass, **state)
 
     def _prefetch(self, stage: Stage) -> None:
         """Start the slow lookups the later stages will need; a failure here only logs."""
-        starts = self.plan.prefetch.get(stage, ())
+        starts = self.plan.prefetch[stage]
         ctx = self._context() if starts else None
         for start in starts:
             try:
@@ -287,13 +231,13 @@ class Session:
 
     def _run(self, stage: Stage, ctx: Context, started: float) -> Decision:
         """Walk the stage's checks; return the first decision that stops the client."""
-        for check in self.plan.checks.get(stage, ()):
+        for check in self.plan.checks[stage]:
             if check.name in ctx.bypass:
                 continue
             decision = self._ask(check, ctx)
             if decision is None or decision.action is Action.CONTINUE:
                 continue
-            monitored = decision.stops and (decision.monitor or self.policy.monitor)
+            monitored = decision.stops and (decision.monitor or self.policy.settings.monitor)
             if monitored:
                 decision = dataclasses.replace(decision, monitor=True)
             self.log.decision(stage, self.conn, self.txn, ctx.rcpt, decision, started)
@@ -312,19 +256,44 @@ class Session:
         return CONTINUE
 
     def _ask(self, check: Check, ctx: Context) -> Decision | None:
+        """The check's answer; a failed dependency or a message too big to check gets
+        the action its setting names, decided here and nowhere else."""
         try:
             return check.run(ctx)
         except DependencyError as err:
-            detail = f"{err.service} failed: {err}"
-            if self.policy.settings[check.failure] == "accept":
-                self.log.dependency_failure(check.name, self.conn, self.txn, detail, "accept")
-                return None
-            return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=f"service:{err.service}",
-                            check=check.name, detail=detail)
+            return self._failed(check, err)
+        except NotChecked as err:
+            return self._not_checked(check, str(err))
 
-    def _stopped(self, stage: Stage, decision: Decision, started: float,
-                 rcpt: Address | None = None) -> Decision:
-        self.log.decision(stage, self.conn, self.txn, rcpt, decision, started)
+    def _failed(self, check: Check, err: DependencyError) -> Decision | None:
+        settings, where = self.policy.settings, self.policy.where
+        setting = check.failure if getattr(settings, check.failure) else "failure_action"
+        action = settings.failure(check.failure)
+        self.log.dependency_failure(check.name, err.service, self.conn, self.txn, str(err),
+                                    action, where[setting])
+        if action == "accept":
+            self._mark(f"{check.name}: {err.service} failed")
+            return None
+        return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=where[setting],
+                        check=check.name, detail=f"{err.service} failed: {err}")
+
+    def _not_checked(self, check: Check, cause: str) -> Decision | None:
+        reject = self.policy.settings.unscannable_action
+        rule = self.policy.where["unscannable_action"]
+        if reject is None:
+            self.log.not_checked(check.name, self.conn, self.txn, cause, "accept", rule)
+            self._mark(f"{check.name}: {cause}")
+            return None
+        return Decision(Action.REJECT, reject, rule=rule, check=check.name,
+                        detail=f"not checked: {cause}")
+
+    def _mark(self, note: str) -> None:
+        """Remember what was not checked; an accepted message says so in a header."""
+        if self.txn is not None:
+            self.txn.unchecked.append(note)
+
+    def _stopped(self, stage: Stage, decision: Decision, started: float) -> Decision:
+        self.log.decision(stage, self.conn, self.txn, None, decision, started)
         return decision
 
     @_guarded
@@ -332,7 +301,8 @@ class Session:
                 mta_name: str = "") -> Decision:
         self.conn.mta_name = mta_name
         self.conn.client_addr = client_ip(address)
-        self.conn.relay_client = contains(self.policy.relay_networks, self.conn.client_addr)
+        self.conn.relay_client = contains(self.policy.settings.relay_networks,
+                                          self.conn.client_addr)
         self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name
         self.conn.listener = listener
         if self.stopping:
@@ -361,8 +331,11 @@ class Session:
         parsed = protocol.parse_command(arg, params, mail=True)
         if isinstance(parsed, Decision):
             return self._stopped(Stage.MAIL, parsed, started)
-        sender, parsed_params, declared = parsed
-        self.txn = Transaction(sender, parsed_params, declared, queue_id)
+        address, parsed_params, declared = parsed
+        directory = self.plan.directory
+        sender = directory.resolve(arg, address, parsed_params, recipient=False)
+        account, account_domain = directory.sending(auth_login, sender)
+        self.txn = Transaction(sender, declared, queue_id, account, account_domain)
         self._prefetch(Stage.MAIL)
         ctx = self._context()
         decision = self._run(Stage.MAIL, ctx, started)
@@ -375,20 +348,22 @@ class Session:
     @_guarded
     def rcpt(self, arg: str, params: Sequence[str], queue_id: str) -> Decision:
         started = time.perf_counter()
-        if self.txn is None:
+        txn = self.txn
+        if txn is None:
             return self._stopped(Stage.RCPT, protocol.reject(
                 "bad_sequence", protocol.CHECK, "builtin:sequence", "RCPT before MAIL"), started)
-        self.txn.queue_id = queue_id or self.txn.queue_id
+        txn.queue_id = queue_id or txn.queue_id
         parsed = protocol.parse_command(arg, params, mail=False)
         if isinstance(parsed, Decision):
             return self._stopped(Stage.RCPT, parsed, started)
-        rcpt = parsed[0]
-        decision = self._run(Stage.RCPT, self._context(rcpt), started)
+        rcpt = self.plan.directory.resolve(arg, parsed[0], parsed[1], recipient=True)
+        ctx = self._context(txn.bypass, rcpt=rcpt)
+        decision = self._run(Stage.RCPT, ctx, started)
         if decision.action is Action.DISCARD:
-            self.txn.discard((rcpt,), decision)
+            txn.discard((rcpt,), decision)
         elif decision.stops:
             return decision
-        self.txn.recipients.append(rcpt)
+        txn.accept(rcpt, ctx.bypass)
         return CONTINUE
 
     @_guarded
@@ -436,7 +411,8 @@ class Session:
         if txn is not None:
             txn.queue_id = queue_id or txn.queue_id
             txn.size += 2  # the empty line after the header
-        ctx = self._context()
+        # Message-wide checks skip what white entries skipped for every recipient.
+        ctx = self._context(frozenset(n for n in SKIPPABLE if txn and txn.skips(n)))
         try:
             decision = self._run(Stage.EOM, ctx, started)
             if decision.stops or txn is None:
@@ -452,7 +428,8 @@ class Session:
             self._end_transaction()
 
     def _accept(self, ctx: Context, txn: Transaction, started: float) -> Outcome:
-        limits.record_sent(ctx)
+        for hook in self.plan.after_accept:
+            hook(ctx)
         outcome = Outcome(CONTINUE)
         for decision in txn.deferred:
             if decision.action is Action.ADD_HEADER:
@@ -461,14 +438,16 @@ class Session:
                     outcome.change_headers.append(_tagged_subject(txn, decision.subject_prefix))
             elif decision.action is Action.QUARANTINE and not outcome.quarantine:
                 outcome.quarantine = decision.reason
-        outcome.delete_recipients = list(dict.fromkeys(str(r) for r in txn.discarded))
+        if txn.unchecked:
+            outcome.add_headers.append((UNCHECKED_HEADER, _unchecked_value(txn.unchecked)))
+        outcome.delete_recipients = list(dict.fromkeys(r.given for r in txn.discarded))
         self.log.accepted(self.conn, txn, outcome.quarantine, started)
         return outcome
 
     @_guarded
     def unknown(self, command: str) -> Decision:
         started = time.perf_counter()
-        return self._stopped(Stage.UNKNOWN, protocol.unknown(self._context(), command), started)
+        return self._run(Stage.UNKNOWN, self._context(command=command), started)
 
     def _end_transaction(self) -> None:
         if self.txn is not None:

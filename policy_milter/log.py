@@ -19,12 +19,13 @@ import re
 import sys
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .addresses import Address
-from .decision import Decision
-from .model import Connection, Transaction
-from .stages import Stage
+if TYPE_CHECKING:  # the log only formats them; services import the log
+    from .decision import Decision
+    from .envelope import Resolved
+    from .model import Connection, Transaction
+    from .stages import Stage
 
 LOGGER = "policy_milter"
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=', '\\'
@@ -52,7 +53,7 @@ def fields(**values: Any) -> str:
     return " ".join(f"{k}={quote(v)}" for k, v in values.items())
 
 
-def _address(addr: Address | None) -> str:
+def _address(addr: Resolved | None) -> str:
     return "" if addr is None else (addr.key or "<>")
 
 
@@ -72,7 +73,7 @@ class DecisionLog:
         }
 
     def decision(self, stage: Stage, conn: Connection, txn: Transaction | None,
-                 rcpt: Address | None, decision: Decision, started: float) -> None:
+                 rcpt: Resolved | None, decision: Decision, started: float) -> None:
         self.logger.info(fields(
             event="decision", stage=stage.value, **self._session(conn, txn),
             rcpt=_address(rcpt), rule=decision.rule, check=decision.check,
@@ -96,10 +97,18 @@ class DecisionLog:
         self.logger.error(fields(event="internal_error", stage=stage.value,
                                  **self._session(conn, txn), error=repr(err), trace=trace))
 
-    def dependency_failure(self, check: str, conn: Connection, txn: Transaction | None,
-                           detail: str, action: str) -> None:
-        self.logger.warning(fields(event="dependency_failure", check=check,
-                                   **self._session(conn, txn), action=action, detail=detail))
+    def dependency_failure(self, check: str, service: str, conn: Connection,
+                           txn: Transaction | None, detail: str, action: str, rule: str) -> None:
+        """A check's dependency failed; ``rule`` is where the failure setting applied is."""
+        self.logger.warning(fields(event="dependency_failure", check=check, service=service,
+                                   **self._session(conn, txn), action=action, rule=rule,
+                                   detail=detail))
+
+    def not_checked(self, check: str, conn: Connection, txn: Transaction | None, cause: str,
+                    action: str, rule: str) -> None:
+        """A check could not look at the whole message; ``rule`` is unscannable_action's."""
+        self.logger.warning(fields(event="not_checked", check=check, **self._session(conn, txn),
+                                   action=action, rule=rule, detail=cause))
 
     def event(self, event: str, level: int = logging.INFO, **values: Any) -> None:
         self.logger.log(level, fields(event=event, **values))

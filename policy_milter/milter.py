@@ -97,14 +97,23 @@ class PolicyMilter(Milter.Base):
         return self.getsymval(name) or ""
 
     def _answer(self, decision: Decision, stage: Stage) -> int:
-        if decision.action in (Action.REJECT, Action.TEMPFAIL) and decision.entry:
+        """The reply for a stage's decision.  Anything that is not continue, reject,
+        tempfail or discard is the engine's mistake: logged, and answered with the
+        catalogue's generic tempfail, never passed as continue."""
+        action = decision.action
+        if action is Action.CONTINUE:
+            if self._protocol & _CALLBACK_BITS.get(stage, (0, 0))[1]:
+                return Milter.NOREPLY
+            return Milter.CONTINUE
+        if (action is Action.REJECT or action is Action.TEMPFAIL) and decision.entry:
             self.setreply(*decision.entry.setreply_args())
-            return Milter.REJECT if decision.action is Action.REJECT else Milter.TEMPFAIL
-        if decision.action is Action.DISCARD:
+            return Milter.REJECT if action is Action.REJECT else Milter.TEMPFAIL
+        if action is Action.DISCARD:
             return Milter.DISCARD
-        if self._protocol & _CALLBACK_BITS.get(stage, (0, 0))[1]:
-            return Milter.NOREPLY
-        return Milter.CONTINUE
+        self.log.internal_error(stage, self.session.conn, self.session.txn,
+                                ValueError(f"no reply for {action.value} at {stage.value}"))
+        self.setreply(*catalogue.DEFAULT_TEMPFAIL.setreply_args())
+        return Milter.TEMPFAIL
 
     @_safe(Stage.CONNECT)
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:

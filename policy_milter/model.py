@@ -7,31 +7,15 @@ the next MAIL, or end of message.
 
 from __future__ import annotations
 
-import ipaddress
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addresses import Address
+from .addresses import IPAddress
 from .decision import Decision
+from .envelope import Resolved
 from .message import MessageBuffer
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def client_ip(text: str | None) -> IPAddress | None:
-    """The client address as an ip_address, IPv4-mapped IPv6 unwrapped; None when unknown."""
-    if not text:
-        return None
-    text = text.strip().removeprefix("[").removesuffix("]")
-    text = text.removeprefix("IPv6:").removeprefix("ipv6:")
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return ip.ipv4_mapped
-    return ip
+from .rules.tables import Account, Domain
 
 
 @dataclass
@@ -56,21 +40,40 @@ class Connection:
 
 @dataclass
 class Transaction:
-    """One MAIL FROM ... end-of-message exchange."""
+    """One MAIL FROM ... end-of-message exchange; every address in it resolved once."""
 
-    sender: Address
-    params: dict[str, str | None]
+    sender: Resolved
     declared_size: int | None = None
     queue_id: str = ""
-    recipients: list[Address] = field(default_factory=list)  # accepted so far
-    discarded: list[Address] = field(default_factory=list)  # accepted, to be dropped at eom
+    account: Account | None = None  # who sends: the logged-in account, else the sender's
+    account_domain: Domain | None = None  # a login's domain: its period limits' fallback
+    recipients: list[Resolved] = field(default_factory=list)  # accepted so far
+    discarded: list[Resolved] = field(default_factory=list)  # accepted, to be dropped at eom
     discard_reason: Decision | None = None  # the last decision that dropped a recipient
-    bypass: frozenset[str] = frozenset()
+    bypass: frozenset[str] = frozenset()  # checks a white entry at MAIL skips for everyone
+    rcpt_bypass: dict[Resolved, frozenset[str]] = field(default_factory=dict)  # ... at RCPT
     deferred: list[Decision] = field(default_factory=list)  # quarantine / add-header for eom
+    unchecked: list[str] = field(default_factory=list)  # checks that could not look, and why
     size: int = 0  # header + body octets counted so far
     message: MessageBuffer | None = None  # kept only when a content check will read it
 
-    def discard(self, recipients: tuple[Address, ...], reason: Decision) -> None:
+    def accept(self, rcpt: Resolved, bypass: frozenset[str]) -> None:
+        """A recipient passed RCPT; ``bypass`` is what white entries skip for it."""
+        self.recipients.append(rcpt)
+        self.rcpt_bypass[rcpt] = bypass
+
+    def skips(self, check: str) -> bool:
+        """A message-wide check is skipped when a white entry at MAIL said so, or when
+        one at RCPT said so for every recipient (one recipient's white entry never
+        spares the others)."""
+        return check in self.bypass or bool(self.recipients) and all(
+            check in self.rcpt_bypass.get(r, self.bypass) for r in self.recipients)
+
+    def skips_for(self, rcpt: Resolved, check: str) -> bool:
+        """A per-recipient check (challenge-response) is skipped for this recipient."""
+        return check in self.rcpt_bypass.get(rcpt, self.bypass)
+
+    def discard(self, recipients: tuple[Resolved, ...], reason: Decision) -> None:
         self.discarded.extend(recipients)
         self.discard_reason = reason
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from .addresses import Address, AddressError, normalize_domain
-from .model import IPAddress, client_ip
+from .addresses import IPAddress, client_ip
 
 T = TypeVar("T")
 _GLOB = re.compile(r"[*?\[]")
@@ -96,6 +96,20 @@ class DomainPatterns(PatternSet[T]):
             name = normalize_domain(value)
         except AddressError:
             name = value.lower()
+        yield from self.find_canonical(name)
+
+    def first_canonical(self, name: str) -> T | None:
+        """The first payload ``find_canonical`` would give, or None; an exact entry is
+        one dictionary probe."""
+        exact = self._exact.get(name)
+        if exact:
+            return exact[0]
+        if not self._parents and not self._globs:
+            return None
+        return next(self.find_canonical(name), None)
+
+    def find_canonical(self, name: str) -> Iterator[T]:
+        """``find`` for a name already in canonical form (an Address's domain)."""
         yield from self._exact.get(name, ())
         if self._parents:
             for parent in parents(name):
@@ -135,14 +149,25 @@ class AddressPatterns(PatternSet[T]):
             self._exact[f"{local.lower()}@{domain_name(domain)}"].append(payload)
 
     def find(self, value: Address) -> Iterator[T]:  # type: ignore[override]
+        """In Postfix's access(5) order: the address with its extension, then without it,
+        then its domain (and parents, for ``.domain`` patterns), then ``user@`` with and
+        without the extension; globs see both forms.  A pattern written for the mailbox
+        therefore matches every extension of it, in any letter case."""
         if value.is_null:
             yield from self._exact.get("", ())
             return
-        yield from self._exact.get(value.key, ())
-        yield from self._locals.get(value.local.lower(), ())
+        keys = (value.key,) if value.extension is None else (value.key, value.mailbox_key)
+        for key in keys:
+            yield from self._exact.get(key, ())
         if self._domains:
-            yield from self._domains.find(value.domain)
-        yield from (p for rx, p in self._globs if rx.fullmatch(value.key))
+            yield from self._domains.find_canonical(value.domain)
+        if self._locals:
+            yield from self._locals.get(value.local.lower(), ())
+            if value.extension is not None:
+                yield from self._locals.get(value.mailbox_local.lower(), ())
+        for rx, payload in self._globs:
+            if any(rx.fullmatch(key) for key in keys):
+                yield payload
 
     def __bool__(self) -> bool:
         return bool(self._exact or self._globs or self._domains or self._locals)

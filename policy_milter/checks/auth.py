@@ -19,14 +19,14 @@ def required(ctx: Context) -> Decision | None:
     listener = ctx.policy.tables.listeners.get(ctx.conn.listener.lower())
     if listener is not None and listener.require_auth:
         return reject("auth_required", CHECK, listener.where, f"listener {listener.name}")
-    domain = ctx.sender_domain
+    domain = ctx.sender.domain
     if domain is not None and domain.require_auth:
         return reject("auth_required", CHECK, domain.where, f"sender domain {domain.name}")
     return None
 
 
 def local_sender(ctx: Context) -> Decision | None:
-    domain = ctx.sender_domain
+    domain = ctx.sender.domain
     if domain is None or not domain.local or ctx.trusted:
         return None
     return reject("access_denied", "local_sender", ctx.policy.where["local_sender_requires_auth"],
@@ -34,14 +34,11 @@ def local_sender(ctx: Context) -> Decision | None:
 
 
 def local_only(ctx: Context) -> Decision | None:
-    account = ctx.sender_account if ctx.conn.authenticated else None
+    assert ctx.txn is not None and ctx.rcpt is not None
+    account = ctx.txn.account if ctx.conn.authenticated else None
     if account is None or not account.local_only:
         return None
-    rcpt = ctx.rcpt
-    assert rcpt is not None
-    tables = ctx.policy.tables
-    for name in (rcpt.domain, *rcpt.route_domains):
-        domain = tables.domain(name) if name else None
-        if name and (domain is None or not domain.local):
-            return reject("local_domains_only", CHECK, account.where, f"{name} is not local")
-    return None
+    outside = ctx.rcpt.not_local()
+    if outside is None:
+        return None
+    return reject("local_domains_only", CHECK, account.where, f"{outside} is not local")

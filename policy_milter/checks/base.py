@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import catalogue
-from ..addresses import Address
 from ..content import MessageFacts
 from ..decision import Action, Decision
+from ..envelope import Resolved
 from ..log import DecisionLog
 from ..model import Connection, Transaction
-from ..rules.policy import Policy
 from ..rules.rulelist import CONTENT_FIELDS
-from ..rules.tables import Account, Domain
 from ..services import Services
 from ..services.challenges import ChallengeStore
 from ..services.clamd import VirusScanner
-from ..services.dns import Answer, DnsError, Resolver
+from ..services.dns import Answer, DnsError
 from ..services.dns import key as dns_key
+from ..services.factory import Live
 from ..services.mailer import Mailer
 from ..services.spamd import SpamScanner
 from ..stages import Stage
+
+if TYPE_CHECKING:  # the rules loader imports the check order: no import cycle
+    from ..rules.policy import Policy
+    from ..rules.settings import Settings
+
+
+class NotChecked(Exception):
+    """A check could not look at the whole message, for a reason that retrying will not
+    change (too big for the scanner, over the scanner's own limits).  Not a failure:
+    the engine applies ``unscannable_action`` and names the cause."""
 
 
 @dataclass
@@ -34,26 +42,43 @@ class Context:
 
     policy: Policy
     services: Services
+    live: Live
     log: DecisionLog
-    dns: Resolver | None
-    virus: VirusScanner | None
-    spam: SpamScanner | None
-    challenges: ChallengeStore | None
-    mailer: Mailer | None
     conn: Connection
     txn: Transaction | None = None
-    rcpt: Address | None = None
+    rcpt: Resolved | None = None
     bypass: frozenset[str] = frozenset()
+    command: str = ""  # an unknown command, as the MTA passed it
     _values: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.policy.settings
+
+    @property
+    def virus(self) -> VirusScanner | None:
+        return self.live.virus
+
+    @property
+    def spam(self) -> SpamScanner | None:
+        return self.live.spam
+
+    @property
+    def challenges(self) -> ChallengeStore | None:
+        return self.live.challenges
+
+    @property
+    def mailer(self) -> Mailer | None:
+        return self.live.mailer
 
     def lookup(self, name: str, rdtype: str) -> Future[Answer]:
         """A DNS lookup, made once per session (a failed one is not retried within it)."""
         k = dns_key(name, rdtype)
         future = self.conn.lookups.get(k)
         if future is None:
-            if self.dns is None:
+            if self.live.dns is None:
                 raise DnsError("no resolver configured")
-            future = self.conn.lookups[k] = self.dns.submit(name, rdtype)
+            future = self.conn.lookups[k] = self.live.dns.submit(name, rdtype)
         return future
 
     @property
@@ -62,27 +87,15 @@ class Context:
         return self.conn.authenticated or self.conn.relay_client
 
     @property
-    def sender(self) -> Address:
+    def sender(self) -> Resolved:
         assert self.txn is not None
         return self.txn.sender
-
-    @cached_property
-    def sender_account(self) -> Account | None:
-        """The account that sends: the authenticated login's, else the sender address's."""
-        tables = self.policy.tables
-        if self.conn.authenticated:
-            return tables.account_for_login(self.conn.auth_login)
-        return tables.accounts.get(self.sender.key) if self.txn else None
-
-    @cached_property
-    def sender_domain(self) -> Domain | None:
-        return self.policy.tables.domain(self.sender.domain) if self.txn else None
 
     @cached_property
     def facts(self) -> MessageFacts | None:
         """The message's contents for content rules, when it was kept."""
         message = self.txn.message if self.txn else None
-        return MessageFacts(message, self.policy.content_max_size) if message else None
+        return MessageFacts(message, self.settings.content_max_size) if message else None
 
     def rule_values(self) -> dict[str, Any]:
         """The facts rule conditions match against, built once per evaluation."""
@@ -92,8 +105,8 @@ class Context:
                 "client": self.conn.client_addr,
                 "client_name": self.conn.client_name or None,
                 "helo": self.conn.helo or None,
-                "sender": self.txn.sender if self.txn else None,
-                "recipient": self.rcpt,
+                "sender": self.txn.sender.address if self.txn else None,
+                "recipient": self.rcpt.address if self.rcpt else None,
                 "listener": self.conn.listener or None,
                 "authenticated": self.conn.authenticated,
             }
@@ -113,14 +126,6 @@ class Check:
     failure: str = "failure_action"
 
 
-def base_address(rcpt: Address, delimiter: str) -> Address:
-    """``user+tag@domain`` -> ``user@domain`` when ``+`` is the recipient delimiter: the
-    mailbox the MTA delivers to, which is what recipient policies are about."""
-    if not delimiter or delimiter not in rcpt.local:
-        return rcpt
-    return dataclasses.replace(rcpt, local=rcpt.local.split(delimiter, 1)[0])
-
-
 def reject(entry: str, check: str, rule: str, detail: str = "") -> Decision:
     return Decision(Action.REJECT, catalogue.get(entry), rule=rule, check=check, detail=detail)
 
@@ -133,8 +138,9 @@ def smallest(*limits: tuple[int, str]) -> tuple[int, str]:
 
 def sender_limit(ctx: Context, setting: str, attribute: str) -> tuple[int, str]:
     """Server setting, sender domain and sending account: the smallest non-zero applies."""
-    levels = [(ctx.policy.settings[setting], ctx.policy.where[setting])]
-    for owner in (ctx.sender_domain, ctx.sender_account):
+    assert ctx.txn is not None
+    levels = [(getattr(ctx.settings, setting), ctx.policy.where[setting])]
+    for owner in (ctx.txn.sender.domain, ctx.txn.account):
         if owner is not None:
             levels.append((getattr(owner.limits, attribute), owner.where))
     return smallest(*levels)

@@ -17,31 +17,26 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from .. import catalogue
-from ..addresses import Address
 from ..decision import Action, Decision
+from ..envelope import Resolved
 from ..log import DecisionLog
 from ..patterns import contains
 from ..services.challenges import ChallengeStore, Held
 from ..services.errors import DependencyError
-from ..rules.policy import Policy
-from ..services.mailer import Mailer, SmtpMailer
-from .base import Context, base_address
+from ..services.mailer import Mailer
+from .base import Context
 
 CHECK = "challenge"
 _BULK = re.compile(r"\s*(bulk|list|junk)\s*$", re.IGNORECASE)
 SWEEP_EVERY = 600.0  # seconds between expiry sweeps, run from the mail flow
 
 
-def smtp_mailer(policy: Policy) -> SmtpMailer:
-    """The MTA that takes challenges and released mail, greeted as the challenge domain."""
-    return SmtpMailer(*policy.challenge_smtp, helo=policy.challenge_address.rpartition("@")[2])
-
-
-def answer_token(ctx: Context, rcpt: Address) -> str | None:
+def answer_token(ctx: Context, rcpt: Resolved) -> str | None:
     """The token when ``rcpt`` is the challenge address with one (``local+TOKEN@domain``)."""
-    local, _, domain = ctx.policy.challenge_address.rpartition("@")
-    match = re.fullmatch(rf"{re.escape(local)}\+([0-9a-f]{{16,64}})", rcpt.local, re.IGNORECASE)
-    return match.group(1).lower() if match and rcpt.domain == domain.lower() else None
+    local, _, domain = ctx.settings.challenge_address.rpartition("@")
+    address = rcpt.address
+    match = re.fullmatch(rf"{re.escape(local)}\+([0-9a-f]{{16,64}})", address.local, re.IGNORECASE)
+    return match.group(1).lower() if match and address.domain == domain.lower() else None
 
 
 def answer_rcpt(ctx: Context) -> Decision | None:
@@ -69,17 +64,17 @@ def check(ctx: Context) -> Decision | None:
     assert ctx.txn is not None and ctx.challenges is not None
     _sweep(ctx)
     txn, store, sender = ctx.txn, ctx.challenges, ctx.txn.sender
-    dropped: list[Address] = []
+    dropped: list[Resolved] = []
     held: list[str] = []
     for rcpt in txn.recipients:
         token = answer_token(ctx, rcpt)
-        mailbox = base_address(rcpt, ctx.policy.recipient_delimiter)  # user+tag is user
         if token is not None:
             _answered(ctx, store, store.answer(token, sender.key))
             dropped.append(rcpt)
-        elif contains(ctx.policy.challenge_recipients, mailbox) and not _exempt(ctx) \
-                and not store.allowed(mailbox.key, sender.key):
-            _hold(ctx, store, rcpt, mailbox)
+        elif contains(ctx.settings.challenge_recipients, rcpt.address) \
+                and not txn.skips_for(rcpt, CHECK) and not _exempt(ctx) \
+                and not store.allowed(rcpt.mailbox, sender.key):
+            _hold(ctx, store, rcpt)
             dropped.append(rcpt)
             held.append(rcpt.key)
     if not dropped:
@@ -90,14 +85,16 @@ def check(ctx: Context) -> Decision | None:
                     recipients=tuple(dropped))
 
 
-def _hold(ctx: Context, store: ChallengeStore, rcpt: Address, mailbox: Address) -> None:
-    """Keep the copy for ``rcpt``; the allow list and the challenge are ``mailbox``'s."""
+def _hold(ctx: Context, store: ChallengeStore, rcpt: Resolved) -> None:
+    """Keep the copy for ``rcpt``; the allow list and the challenge are its mailbox's
+    (``user+tag`` is ``user``).  The sender is kept as given: the challenge must reach
+    exactly the address that wrote, and the answer come back from it."""
     assert ctx.txn is not None and ctx.txn.message is not None
-    entry, new = store.hold(mailbox.key, ctx.txn.sender.key, ctx.txn.message.open())
+    entry, new = store.hold(rcpt.mailbox, ctx.txn.sender.key, ctx.txn.message.open())
     ctx.log.event("challenge_held", qid=ctx.txn.queue_id, id=entry.id, sender=entry.sender,
                   rcpt=entry.recipient, new_challenge="yes" if new else "no")
     if new:
-        challenge = challenge_message(ctx.policy.challenge_address, entry)
+        challenge = challenge_message(ctx.settings.challenge_address, entry)
         mailer, log = ctx.mailer, ctx.log
         assert mailer is not None
         ctx.services.run_later(lambda: _send(mailer, log, "challenge_sent", "", [entry.sender],
@@ -169,6 +166,6 @@ def _sweep(ctx: Context) -> None:
         return
     ctx.services.last_sweep = now
     assert ctx.challenges is not None
-    for entry in ctx.challenges.expire(ctx.policy.challenge_expire):
+    for entry in ctx.challenges.expire(ctx.settings.challenge_expire):
         ctx.log.event("challenge_expired", id=entry.id, sender=entry.sender,
                       rcpt=entry.recipient)

@@ -50,8 +50,10 @@ def queries(ctx: Context, zone: Zone, targets: frozenset[str] = ALL_TARGETS) -> 
         found.append(f"{name}.{zone.zone}")
     if "helo" in wanted and (name := _domain(conn.helo)):
         found.append(f"{name}.{zone.zone}")
-    if "sender" in wanted and ctx.txn and (name := _domain(ctx.txn.sender.domain)):
-        found.append(f"{name}.{zone.zone}")
+    if "sender" in wanted and ctx.txn:
+        sender = ctx.txn.sender.address  # resolved at MAIL: already canonical
+        if sender.domain and not sender.is_literal:
+            found.append(f"{sender.domain}.{zone.zone}")
     return found
 
 
@@ -90,7 +92,7 @@ def _classify(zone: Zone, records: tuple[str, ...]) -> tuple[list[str], list[str
 def check(ctx: Context) -> Decision | None:
     if ctx.trusted:
         return None
-    deadline = time.monotonic() + ctx.policy.dns_budget
+    deadline = time.monotonic() + ctx.settings.dns_budget
     hits: list[tuple[Zone, str, list[str]]] = []
     failures: list[tuple[Zone, DnsError]] = []
     for zone in ctx.policy.tables.zones:
@@ -112,13 +114,13 @@ def check(ctx: Context) -> Decision | None:
                         detail=f"{allow[1]} listed in white list {allow[0].zone}")
     blocks = [h for h in hits if not h[0].allow]
     score = sum(z.weight for z, _, _ in blocks if not z.monitor)
-    decided = score >= ctx.policy.dnsbl_threshold
+    decided = score >= ctx.settings.dnsbl_threshold
     if failures and (not decided or any(z.allow for z, _ in failures)):
         raise failures[0][1]
     if not blocks:
         return None
     monitor = not decided
-    if monitor and sum(z.weight for z, _, _ in blocks) < ctx.policy.dnsbl_threshold:
+    if monitor and sum(z.weight for z, _, _ in blocks) < ctx.settings.dnsbl_threshold:
         return None
     zone, name, codes = blocks[0]
     detail = "; ".join(f"{n} = {','.join(c)}" for _, n, c in blocks)

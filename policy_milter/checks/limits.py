@@ -20,14 +20,12 @@ def too_many(ctx: Context) -> Decision | None:
 
 def _rate_owner(ctx: Context) -> tuple[str, Limits, str] | None:
     """Whose period limits apply: the logged-in account's, else its domain's."""
-    if not ctx.conn.authenticated:
+    txn = ctx.txn
+    if txn is None or not ctx.conn.authenticated:
         return None
-    account = ctx.sender_account
+    account, domain = txn.account, txn.account_domain
     if account is not None and (account.limits.limit_messages or account.limits.limit_recipients):
         return f"account:{account.address}", account.limits, account.where
-    name = account.address.rpartition("@")[2] if account else \
-        ctx.conn.auth_login.rpartition("@")[2]
-    domain = ctx.policy.tables.domain(name) if name else None
     if domain is not None and (domain.limits.limit_messages or domain.limits.limit_recipients):
         return f"domain:{domain.name}", domain.limits, domain.where
     return None
@@ -53,7 +51,7 @@ def account_rate(ctx: Context) -> Decision | None:
 
 
 def record_sent(ctx: Context) -> None:
-    """Count an accepted message against its sender's period limits."""
+    """After an accepted message: count it against its sender's period limits."""
     owner = _rate_owner(ctx)
     if owner is not None and ctx.txn is not None:
         ctx.services.rates.record(f"{owner[0]}:messages", 1)

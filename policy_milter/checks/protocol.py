@@ -37,16 +37,16 @@ def parse_command(arg: str, params: Sequence[str], *, mail: bool
 
 def helo(ctx: Context) -> Decision | None:
     """Rows 13, 3, 5: a repeated greeting, unbalanced brackets, not a domain or literal."""
-    policy, conn = ctx.policy, ctx.conn
+    settings, where, conn = ctx.settings, ctx.policy.where, ctx.conn
     name = conn.helo or ""
-    if conn.helo_count > 1 and policy.reject_repeated_helo:
-        return reject("helo_already_specified", CHECK, policy.where["reject_repeated_helo"])
-    if not policy.check_helo_syntax or conn.relay_client:
+    if conn.helo_count > 1 and settings.reject_repeated_helo:
+        return reject("helo_already_specified", CHECK, where["reject_repeated_helo"])
+    if not settings.check_helo_syntax or conn.relay_client:
         return None
     if not check_balanced(name):
-        return reject("unbalanced", CHECK, policy.where["check_helo_syntax"], f"helo {name!r}")
+        return reject("unbalanced", CHECK, where["check_helo_syntax"], f"helo {name!r}")
     if not valid_helo(name):
-        return reject("helo_requires_domain", CHECK, policy.where["check_helo_syntax"],
+        return reject("helo_requires_domain", CHECK, where["check_helo_syntax"],
                       f"helo {name!r}")
     return None
 
@@ -65,10 +65,11 @@ def has_recipients(ctx: Context) -> Decision | None:
     return None
 
 
-def unknown(ctx: Context, command: str) -> Decision:
+def unknown(ctx: Context) -> Decision:
     """Rows 9 and 1: a disallowed operation, or any other command the MTA did not know."""
+    command = ctx.command
     word = command.split(None, 1)[0].upper() if command.strip() else ""
-    if word in ctx.policy.disallowed_commands:
+    if word in ctx.settings.disallowed_commands:
         return reject("operation_not_supported", CHECK, ctx.policy.where["disallowed_commands"],
                       f"command {word}")
     return reject("command_unrecognized", CHECK, "builtin:unknown", f"command {word[:20]!r}")

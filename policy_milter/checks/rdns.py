@@ -27,10 +27,10 @@ def _forward_type(ctx: Context) -> str:
 def prefetch(ctx: Context) -> None:
     """At connect: ask for the PTR, and then for the names it gives."""
     addr = ctx.conn.client_addr
-    if ctx.policy.rdns == "off" or addr is None:
+    if ctx.settings.rdns == "off" or addr is None:
         return
     ptr = ctx.lookup(reverse_name(str(addr)), "PTR")
-    if ctx.policy.rdns == "forward-confirmed":
+    if ctx.settings.rdns == "forward-confirmed":
         rdtype = _forward_type(ctx)
 
         def forward(done: Future[Answer]) -> None:
@@ -45,15 +45,15 @@ def check(ctx: Context) -> Decision | None:
     if addr is None or ctx.trusted:
         return None
     where = ctx.policy.where["rdns"]
-    deadline = time.monotonic() + ctx.policy.dns_budget
+    deadline = time.monotonic() + ctx.settings.dns_budget
     names = collect(ctx.lookup(reverse_name(str(addr)), "PTR"), deadline).records
     if not names:
         return reject("not_allowed_to_send", CHECK, where, f"no PTR record for {addr}")
-    generic = [n for n in names if contains(ctx.policy.rdns_generic_names, n)]
+    generic = [n for n in names if contains(ctx.settings.rdns_generic_names, n)]
     if generic:
         return reject("not_allowed_to_send", CHECK, ctx.policy.where["rdns_generic_names"],
                       f"generic PTR name {generic[0]}")
-    if ctx.policy.rdns != "forward-confirmed":
+    if ctx.settings.rdns != "forward-confirmed":
         return None
     rdtype = _forward_type(ctx)
     futures = [ctx.lookup(name, rdtype) for name in names]

@@ -8,7 +8,6 @@ unknown, an address literal included, counts as not ours: a relay check fails cl
 from __future__ import annotations
 
 from ..decision import Decision
-from ..rules.tables import DomainKind
 from .base import Context, reject
 
 CHECK = "relay"
@@ -19,11 +18,8 @@ def relay(ctx: Context) -> Decision | None:
     assert rcpt is not None
     if ctx.trusted:
         return None
-    for name in (rcpt.domain, *rcpt.route_domains):
-        if not name:
-            continue  # bare <postmaster>: always ours
-        domain = None if rcpt.is_literal and name == rcpt.domain else ctx.policy.tables.domain(name)
-        if domain is None or domain.kind is DomainKind.REMOTE:
-            where = ctx.policy.where.get("domains", ctx.policy.where["relay_networks"])
-            return reject("relay_denied", CHECK, where, f"{name or 'empty'} is not a domain of ours")
-    return None
+    foreign = rcpt.not_ours()
+    if foreign is None:
+        return None
+    where = ctx.policy.where.get("domains", ctx.policy.where["relay_networks"])
+    return reject("relay_denied", CHECK, where, f"{foreign} is not a domain of ours")

@@ -7,10 +7,14 @@ unlimited; of server, sender domain and sender account the smallest non-zero app
 
 from __future__ import annotations
 
-from ..addresses import Address
+from typing import TYPE_CHECKING
+
 from ..decision import Decision
-from ..rules.policy import Policy
+from ..envelope import Resolved
 from .base import Context, reject, sender_limit, smallest
+
+if TYPE_CHECKING:
+    from ..rules.policy import Policy
 
 CHECK = "size"
 
@@ -19,7 +23,7 @@ def limits_configured(policy: Policy) -> bool:
     """Whether any size limit exists, so that the adapter must count the message."""
     t = policy.tables
     owners = [*t.domain_list, *t.accounts.values()]
-    return bool(policy.max_message_size
+    return bool(policy.settings.max_message_size
                 or any(o.limits.max_size or o.limits.max_receive_size for o in owners)
                 or any(listener.max_size for listener in t.listeners.values()))
 
@@ -35,15 +39,13 @@ def _sender_limits(ctx: Context, size: int) -> Decision | None:
     return None
 
 
-def _recipient_limit(ctx: Context, rcpt: Address, size: int) -> Decision | None:
-    tables = ctx.policy.tables
-    levels = []
-    for owner in (tables.accounts.get(rcpt.key), tables.domain(rcpt.domain)):
-        if owner is not None:
-            levels.append((owner.limits.max_receive_size, owner.where))
+def _recipient_limit(rcpt: Resolved, size: int) -> Decision | None:
+    """Row 32: the recipient mailbox's account and its domain; ``user+tag`` is ``user``."""
+    levels = [(owner.limits.max_receive_size, owner.where)
+              for owner in (rcpt.account, rcpt.domain) if owner is not None]
     limit, where = smallest(*levels)
     if limit and size > limit:
-        return reject("mailbox_size_exceeded", CHECK, where, f"{rcpt.key}: {size} > {limit}")
+        return reject("mailbox_size_exceeded", CHECK, where, f"{rcpt.mailbox}: {size} > {limit}")
     return None
 
 
@@ -56,7 +58,7 @@ def declared_mail(ctx: Context) -> Decision | None:
 def declared_rcpt(ctx: Context) -> Decision | None:
     assert ctx.txn is not None and ctx.rcpt is not None
     size = ctx.txn.declared_size
-    return None if size is None else _recipient_limit(ctx, ctx.rcpt, size)
+    return None if size is None else _recipient_limit(ctx.rcpt, size)
 
 
 def counted(ctx: Context) -> Decision | None:
@@ -66,5 +68,5 @@ def counted(ctx: Context) -> Decision | None:
     size = ctx.txn.size
     found = _sender_limits(ctx, size)
     for rcpt in ctx.txn.recipients:
-        found = found or _recipient_limit(ctx, rcpt, size)
+        found = found or _recipient_limit(rcpt, size)
     return found

@@ -1,16 +1,17 @@
 """Row 27: a virus found by clamd; what to do with it is the admin's choice.
 
-A scan that cannot say "clean" (clamd down, a timeout, a garbled answer, a message
-over clamd's stream limit, or clamd's own "limits exceeded" notice) is never taken
-for clean: it raises DependencyError and ``virus_failure_action`` applies.
+A scan that could not look at everything (a message over ``clamd_max_size``, clamd's
+own limit notices) is neither clean nor infected: it raises NotChecked and the engine
+applies ``unscannable_action``.  A scan that failed (clamd down, a timeout, a garbled
+answer) raises DependencyError and ``virus_failure_action`` applies.  Neither is ever
+taken for clean, and a limit notice is never called a virus.
 """
 
 from __future__ import annotations
 
 from .. import catalogue
 from ..decision import Action, Decision
-from ..services.errors import DependencyError
-from .base import Context
+from .base import Context, NotChecked
 
 CHECK = "virus"
 
@@ -18,14 +19,13 @@ CHECK = "virus"
 def check(ctx: Context) -> Decision | None:
     assert ctx.txn is not None and ctx.txn.message is not None and ctx.virus is not None
     result = ctx.virus.scan(ctx.txn.message.open())
-    if result.limits_exceeded:
-        raise DependencyError("clamd", f"scan limits exceeded ({', '.join(result.names)})",
-                              entry="scanner_tempfail")
     if not result.infected:
+        if result.not_checked:
+            raise NotChecked(result.not_checked)
         return None
     found = ", ".join(result.names)
     where = ctx.policy.where["virus_action"]
-    action = ctx.policy.virus_action
+    action = ctx.settings.virus_action
     if action == "discard":
         return Decision(Action.DISCARD, catalogue.get("deleted_by_filter"), rule=where,
                         check=CHECK, detail=f"virus {found}")

@@ -5,7 +5,9 @@
     recipient abuse@example.com              monitor deny
 
 A rule without a ``recipient`` condition is walked once per transaction at MAIL FROM;
-one with it, once per recipient at RCPT TO.  In each walk the first matching rule wins.
+one with it, once per recipient at RCPT TO; one with a content condition (which cannot
+also have a recipient condition) once at the end of the message.  In each walk the first
+matching rule wins, and a white entry (``permit``) can skip only checks still ahead.
 Rules are indexed by one hashable condition each, so a list of ten thousand entries
 costs a few probes, not ten thousand comparisons.
 """
@@ -133,20 +135,38 @@ class RuleList:
     def stages(self) -> tuple[tuple[Stage, RuleIndex], ...]:
         return ((Stage.MAIL, self.mail), (Stage.RCPT, self.rcpt), (Stage.EOM, self.eom))
 
+    def index(self, stage: Stage) -> RuleIndex | None:
+        return next((index for s, index in self.stages() if s is stage), None)
+
 
 def _rest(line: Line, verb: str) -> str:
     """The text after the action word, as written (words() would fold its commas)."""
     return re.split(rf"\s{verb}(?:\s+|$)", f" {line.text}", maxsplit=1)[-1].strip()
 
 
+_WHEN = {Stage.MAIL: "MAIL FROM", Stage.RCPT: "RCPT TO", Stage.EOM: "the end of the message"}
+
+
+def _too_late(names: list[str], stage: Stage, ahead: frozenset[str]) -> str:
+    """Why a white entry cannot skip ``names``, and what to write instead."""
+    hint = {Stage.RCPT: "to skip them, put the permit in a rule without a recipient "
+                        "condition (decided at MAIL FROM)",
+            Stage.EOM: "to skip them, put the permit in a rule without content conditions"}
+    return (f"this permit is decided at {_WHEN[stage]}, after {', '.join(names)} already ran; "
+            f"it can still skip: all, {', '.join(sorted(ahead)) or 'nothing'} "
+            f"({hint.get(stage, 'they come earlier')})")
+
+
 class RuleListParser:
     """Parses one rule file; ``default_reject`` is what a bare ``reject`` sends."""
 
     def __init__(self, name: str, default_reject: str, skippable: frozenset[str],
+                 skippable_after: Callable[[Stage, str], frozenset[str]],
                  errors: Errors) -> None:
         self.name = name
         self.default_reject = catalogue.get(default_reject)
-        self.skippable = skippable
+        self.skippable = skippable  # what any white entry may name
+        self.skippable_after = skippable_after  # what is still ahead of one at a stage
         self.errors = errors
 
     def parse(self, lines: list[Line], base: Path) -> RuleList:
@@ -168,6 +188,14 @@ class RuleListParser:
         if not conditions:
             self.errors.add(line.where, f"a rule starts with a condition ({', '.join(FIELDS)}, "
                             f"authenticated); got '{words[0]}'")
+            return None
+        fields = {c.field for c in conditions}
+        if "recipient" in fields and fields & CONTENT_FIELDS:
+            self.errors.add(line.where, "a recipient condition cannot be combined with "
+                            f"{', '.join(sorted(fields & CONTENT_FIELDS))}: content rules are "
+                            "decided at the end of the message, once for all its recipients. "
+                            "Write the content rule without the recipient, and give the "
+                            "recipient a rule of its own (decided at RCPT TO)")
             return None
         monitor = bool(words) and words[0] == "monitor"
         words = words[1:] if monitor else words
@@ -210,7 +238,7 @@ class RuleListParser:
         verb, args = words[0].lower(), words[1:]
         made = dict(rule=line.where, check=self.name, monitor=monitor)
         if verb == "permit":
-            return self._permit(args, line, made)
+            return self._permit(args, line, stage, made)
         if verb in ("reject", "tempfail"):
             if len(args) > 1:
                 self.errors.add(line.where, f"{verb} takes at most one catalogue entry name")
@@ -231,8 +259,12 @@ class RuleListParser:
                         "reject, tempfail, deny, discard, quarantine or add_header)")
         return None
 
-    def _permit(self, args: list[str], line: Line, made: dict[str, object]) -> Decision | None:
-        skip = set(DEFAULT_PERMIT_SKIP)
+    def _permit(self, args: list[str], line: Line, stage: Stage,
+                made: dict[str, object]) -> Decision | None:
+        """``skip=`` names checks still ahead of the rule's stage; ``all`` means all of
+        them, and no ``skip=`` the black lists among them."""
+        ahead = self.skippable_after(stage, self.name)
+        skip = DEFAULT_PERMIT_SKIP & ahead
         for arg in args:
             name, eq, value = arg.partition("=")
             if name != "skip" or not eq:
@@ -244,8 +276,12 @@ class RuleListParser:
                 self.errors.add(line.where, f"permit cannot skip {', '.join(sorted(unknown))} "
                                 f"(skippable: all, {', '.join(sorted(self.skippable))})")
                 return None
+            behind = skip - ahead - {"all"}
+            if behind:
+                self.errors.add(line.where, _too_late(sorted(behind), stage, ahead))
+                return None
         if "all" in skip:
-            skip = set(self.skippable)
+            skip = set(ahead)
         return Decision(Action.PERMIT, skip=frozenset(skip), **made)  # type: ignore[arg-type]
 
     def _add_header(self, text: str, line: Line, made: dict[str, object]) -> Decision | None:

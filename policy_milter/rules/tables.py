@@ -205,7 +205,12 @@ class Tables:
     zones: list[Zone] = field(default_factory=list)
 
     def domain(self, name: str) -> Domain | None:
+        """The entry for a domain written any way (case, U-labels, trailing dot), or None."""
         return next(iter(self.domains.find(name)), None) if name else None
+
+    def canonical_domain(self, name: str) -> Domain | None:
+        """``domain`` for a name already canonical (an Address's): nothing to normalise."""
+        return self.domains.first_canonical(name) if name else None
 
     def account_for_login(self, login: str) -> Account | None:
         low = login.lower()

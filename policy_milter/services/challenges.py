@@ -120,6 +120,7 @@ class SqliteChallengeStore:
     connection behind a lock) and safe to share with other processes."""
 
     def __init__(self, directory: Path, timeout: float = 10.0) -> None:
+        self.directory = directory
         self._spool = directory / "spool"
         self._lock = threading.Lock()
         with self._errors(f"opening {directory}"):

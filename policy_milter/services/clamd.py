@@ -1,9 +1,11 @@
 """Virus scanning through clamd's INSTREAM command.
 
 The message is streamed in length-prefixed chunks from its file, never read whole.  A
-message over clamd's StreamMaxLength is refused here, before any byte is sent: clamd would
-cut the stream and could otherwise only answer with an error.  Anything but a clear "OK"
-or "FOUND" answer raises DependencyError, so a broken scanner never passes a message as clean.
+message over clamd's StreamMaxLength is not sent at all: clamd would cut the stream and
+could then only answer with an error.  A scan has three outcomes besides failing: clean,
+infected, or not fully checked (too big to send, or clamd's own notices that it left
+data over its limits unscanned).  Anything but a clear "OK" or "FOUND" answer raises
+DependencyError, so a broken scanner never passes a message as clean.
 """
 
 from __future__ import annotations
@@ -14,27 +16,39 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from .errors import DependencyError
-from .sockets import ENTRY, Connection, blocks, parse_address, printable
+from .sockets import Connection, Cut, blocks, parse_address, printable
 
-LIMITS = "Heuristics.Limits.Exceeded"  # clamd's notice (AlertExceedsMax) for what it did not scan
+# clamd's notices for what it did not scan (AlertExceedsMax); "(null)" is what some
+# versions name such a notice.  They say what was not looked at, never what was found.
+LIMIT_NOTICES = ("Heuristics.Limits.Exceeded", "Heuristics.Email.ExceedsMax")
+_NULL_NAME = "(null)"
 _FOUND = re.compile(r"stream: (\S.*) FOUND")
+_TOO_LONG = "INSTREAM size limit exceeded. ERROR"
+
+
+def _is_notice(name: str) -> bool:
+    return name == _NULL_NAME or name.startswith(LIMIT_NOTICES)
 
 
 @dataclass(frozen=True)
 class VirusResult:
-    """The signatures clamd reported; none means the message is clean."""
+    """The names clamd reported, and what it could not scan; none of either: clean."""
 
     names: tuple[str, ...] = ()
+    unscanned: str = ""  # why the message was not sent to clamd at all
 
     @property
     def infected(self) -> bool:
         """A real detection: limit notices say what went unscanned, not what was found."""
-        return any(not name.startswith(LIMITS) for name in self.names)
+        return any(not _is_notice(name) for name in self.names)
 
     @property
-    def limits_exceeded(self) -> bool:
-        """Part of the message went unscanned: neither clean nor a virus, so the caller fails."""
-        return any(name.startswith(LIMITS) for name in self.names)
+    def not_checked(self) -> str:
+        """Why part of the message went unscanned; '' when clamd saw all of it."""
+        notices = [name for name in self.names if _is_notice(name)]
+        if notices:
+            return f"clamd left data unscanned ({', '.join(notices)})"
+        return self.unscanned
 
 
 class VirusScanner(Protocol):
@@ -63,14 +77,18 @@ class Clamd:
         size = message.tell() - start
         message.seek(start)
         if size > self.stream_max:
-            raise DependencyError(
-                "clamd", f"message of {size} bytes is over the scan limit of {self.stream_max}",
-                entry=ENTRY)
+            return VirusResult(unscanned=f"message of {size} bytes is over clamd_max_size "
+                                         f"({self.stream_max})")
         with Connection("clamd", self._endpoint, self.timeout) as conn:
-            conn.send(b"zINSTREAM\0")
-            for block in blocks(message, size, self.chunk, "clamd"):
-                conn.send(len(block).to_bytes(4, "big") + block)
-            conn.send(b"\0\0\0\0")
+            try:
+                conn.send(b"zINSTREAM\0")
+                for block in blocks(message, size, self.chunk, "clamd"):
+                    conn.send(len(block).to_bytes(4, "big") + block)
+                conn.send(b"\0\0\0\0")
+            except Cut as cut:  # over its StreamMaxLength clamd answers and stops reading
+                if cut.said.rstrip(b"\0") == _TOO_LONG.encode():
+                    return _parse(conn, cut.said)
+                raise
             return _parse(conn, conn.reply())
 
     def ping(self) -> bool:
@@ -86,7 +104,9 @@ class Clamd:
 def _parse(conn: Connection, reply: bytes) -> VirusResult:
     """One NUL-terminated line per result ('z' mode): 'stream: OK' or 'stream: NAME FOUND'.
 
-    Several FOUND lines are accepted (AllMatchScan); any other line, such as '... ERROR', fails.
+    Several FOUND lines are accepted (AllMatchScan).  clamd's "size limit exceeded" error
+    (the stream was longer than its StreamMaxLength) means the message was not scanned and
+    never will be; any other line, such as another '... ERROR', fails.
     """
     if not reply:
         raise conn.error("connection closed without a reply")
@@ -97,6 +117,9 @@ def _parse(conn: Connection, reply: bytes) -> VirusResult:
         found = _FOUND.fullmatch(line)
         if found:
             names.append(printable(found[1]))
+        elif line == _TOO_LONG:
+            return VirusResult(unscanned="longer than clamd's StreamMaxLength (set "
+                                         "clamd_max_size to it)")
         elif line != "stream: OK":
             raise conn.error(f"clamd answered {printable(line)!r}")
     return VirusResult(tuple(names))

@@ -58,6 +58,14 @@ def blocks(message: BinaryIO, size: int, chunk: int, service: str) -> Iterator[b
         yield block
 
 
+class Cut(DependencyError):
+    """The daemon stopped reading the request; ``said`` is what it answered first."""
+
+    def __init__(self, service: str, message: str, said: bytes) -> None:
+        super().__init__(service, message, entry=ENTRY)
+        self.said = said
+
+
 class Connection:
     """One request/reply exchange with a scanner daemon, under one deadline."""
 
@@ -89,12 +97,13 @@ class Connection:
             raise self._failed(TimeoutError(), doing)
         return left
 
-    def _failed(self, err: OSError, doing: str) -> DependencyError:
+    def _reason(self, err: OSError, doing: str) -> str:
         if isinstance(err, TimeoutError):
-            reason = f"timed out after {self._timeout:g} s"
-        else:
-            reason = err.strerror or type(err).__name__
-        return self.error(f"{reason} while {doing}")
+            return f"timed out after {self._timeout:g} s while {doing}"
+        return f"{err.strerror or type(err).__name__} while {doing}"
+
+    def _failed(self, err: OSError, doing: str) -> DependencyError:
+        return self.error(self._reason(err, doing))
 
     def send(self, data: bytes) -> None:
         try:
@@ -103,17 +112,20 @@ class Connection:
         except TimeoutError as err:
             raise self._failed(err, "sending") from None
         except OSError as err:
-            raise self._failed(err, "sending" + self._last_words()) from None
+            said = self._last_words()
+            shown = said.rstrip(b"\0\r\n")
+            reason = self._reason(err, "sending" + (f" (it said {printable(shown)!r})"
+                                                    if shown else ""))
+            raise Cut(self.service, f"{self._where}: {reason}", said) from None
 
-    def _last_words(self) -> str:
+    def _last_words(self) -> bytes:
         """What the daemon said before it closed on us, e.g. clamd's 'INSTREAM size limit
-        exceeded. ERROR': the reason is worth more in the log than 'Broken pipe'."""
+        exceeded. ERROR': the reason is worth more than 'Broken pipe'."""
         try:
             self._sock.setblocking(False)
-            said = self._sock.recv(512).rstrip(b"\0\r\n")
+            return self._sock.recv(512)
         except OSError:
-            return ""
-        return f" (it said {printable(said)!r})" if said else ""
+            return b""
 
     def end_request(self) -> None:
         """Half-close: the daemon sees the end of the request, the reply can still come back."""

@@ -131,9 +131,12 @@ def test_content_rules_28_30(content_milter: MilterProcess) -> None:
     assert ("quarantine", ("held for review",)) in result.modifications
 
 
-# --- failures -----------------------------------------------------------------------
+# --- failures and messages too big to check ------------------------------------------
 
-@pytest.mark.parametrize("mode", ["refuse", "hang", "garbage", "close", "limits"])
+UNCHECKED = "X-Policy-Unchecked"
+
+
+@pytest.mark.parametrize("mode", ["refuse", "hang", "garbage", "close", "error"])
 def test_virus_scanner_failure_tempfails(tmp_path: Path, scanners: tuple[str, str],
                                          fresh_milter: Callable[..., MilterProcess],
                                          mode: str) -> None:
@@ -151,8 +154,48 @@ def test_virus_scanner_failure_can_accept(tmp_path: Path, scanners: tuple[str, s
         process = fresh_milter(content_rules(tmp_path / "rules", fake.address, scanners[1],
                                              virus_failure_action="accept"))
         with process.client() as client:
-            assert final(send(client, clean_message())).action == "continue"
-    assert "check=virus" in process.wait_for_log("event=dependency_failure")
+            result = send(client, clean_message())
+    assert added_headers(result)[UNCHECKED] == "virus: clamd failed"
+    line = process.wait_for_log("event=dependency_failure")
+    assert "check=virus service=clamd" in line and "action=accept" in line
+
+
+@pytest.mark.parametrize("mode, cause", [
+    ("limits", "Heuristics.Limits.Exceeded.MaxFileSize"),
+    ("email-limits", "Heuristics.Email.ExceedsMax.MIMEHeaderBytes"),
+    ("null", "(null)"),
+    ("too-long", "StreamMaxLength"),
+])
+def test_clamd_limit_notices_are_not_checked_never_virus_or_451(
+        tmp_path: Path, scanners: tuple[str, str], fresh_milter: Callable[..., MilterProcess],
+        mode: str, cause: str) -> None:
+    """What clamd could not scan is accepted marked (the default), or refused with the
+    5xx ``unscannable_action`` names: never ``virus_found``, never a 451 retried for days."""
+    with FakeScanner(mode) as fake:
+        marked = fresh_milter(content_rules(tmp_path / "marked", fake.address, scanners[1]))
+        refused = fresh_milter(content_rules(tmp_path / "refused", fake.address, scanners[1],
+                                             unscannable_action="reject"))
+        with marked.client() as client:
+            header = added_headers(send(client, clean_message()))[UNCHECKED]
+        with refused.client() as client:
+            assert_reply(final(send(client, clean_message())), "content_rejected")
+    assert header.startswith("virus: clamd left data unscanned" if mode != "too-long"
+                             else "virus: longer than") and cause in header
+    assert cause in marked.wait_for_log("event=not_checked check=virus")
+    assert "not checked" in refused.wait_for_log("check=virus action=reject")
+
+
+def test_message_over_clamd_max_size_is_not_checked(
+        tmp_path: Path, scanners: tuple[str, str],
+        fresh_milter: Callable[..., MilterProcess]) -> None:
+    """The real clamd is never sent a message over clamd_max_size: EICAR in it is not
+    found, and the header says why."""
+    process = fresh_milter(content_rules(tmp_path / "rules", *scanners, clamd_max_size="1K",
+                                         spam_max_size="1K"))
+    with process.client() as client:
+        headers = added_headers(send(client, eicar_inline() + b"x" * 2048))
+    assert headers[UNCHECKED].startswith("virus: message of ") and "clamd_max_size" in headers[UNCHECKED]
+    assert "spam: message of " in headers[UNCHECKED] and "spam_max_size" in headers[UNCHECKED]
 
 
 @pytest.mark.parametrize("mode", ["refuse", "hang", "garbage", "badcode"])
@@ -161,27 +204,30 @@ def test_spam_scanner_failure_accepts_marked(tmp_path: Path, scanners: tuple[str
                                              mode: str) -> None:
     with FakeScanner(mode) as fake:
         process = fresh_milter(content_rules(tmp_path / "rules", scanners[0], fake.address,
-                                             spamd_timeout="2"))
+                                             spamd_timeout="2", spam_failure_action="accept"))
         with process.client() as client:
             result = send(client, clean_message())
-    assert added_headers(result)["X-Spam-Status"] == "not scanned (spamd unavailable)"
+    assert added_headers(result)[UNCHECKED] == "spam: spamd failed"
     assert "check=spam" in process.wait_for_log("event=dependency_failure")
 
 
-def test_spam_scanner_failure_can_tempfail(tmp_path: Path, scanners: tuple[str, str],
-                                           fresh_milter: Callable[..., MilterProcess]) -> None:
+def test_spam_scanner_failure_follows_failure_action(
+        tmp_path: Path, scanners: tuple[str, str],
+        fresh_milter: Callable[..., MilterProcess]) -> None:
+    """spam_failure_action left empty: failure_action (tempfail here) applies."""
     with FakeScanner("refuse") as fake:
-        process = fresh_milter(content_rules(tmp_path / "rules", scanners[0], fake.address,
-                                             spam_failure_action="tempfail"))
+        process = fresh_milter(content_rules(tmp_path / "rules", scanners[0], fake.address))
         with process.client() as client:
             assert_reply(final(send(client, clean_message())), "scanner_tempfail")
 
 
-def test_message_over_the_spam_size_is_passed_unscanned(
+def test_spam_scanner_failure_tempfail_wins_over_failure_action_accept(
         tmp_path: Path, scanners: tuple[str, str],
         fresh_milter: Callable[..., MilterProcess]) -> None:
-    process = fresh_milter(content_rules(tmp_path / "rules", *scanners, spam_max_size="1K"))
-    with process.client() as client:
-        result = send(client, gtube_message() + b"x" * 2048)
-    assert isinstance(result, EomResult) and result.reply.action == "continue"
-    assert "event=spam_not_scanned" in process.wait_for_log("spam_not_scanned")
+    """The case that once let mail through unscanned and unmarked."""
+    with FakeScanner("refuse") as fake:
+        process = fresh_milter(content_rules(tmp_path / "rules", scanners[0], fake.address,
+                                             spam_failure_action="tempfail",
+                                             failure_action="accept"))
+        with process.client() as client:
+            assert_reply(final(send(client, clean_message())), "scanner_tempfail")

@@ -243,7 +243,10 @@ GARBAGE = b"\x16\x03\x01\x00\xa5HTTP/1.1 400 Bad Request\r\n\xff\xfe\x1b[2J"
 CANNED = {
     "garbage": GARBAGE,
     "limits": b"stream: Heuristics.Limits.Exceeded.MaxFileSize FOUND\0",  # clamd
-    "error": b"INSTREAM size limit exceeded. ERROR\0",  # clamd
+    "email-limits": b"stream: Heuristics.Email.ExceedsMax.MIMEHeaderBytes FOUND\0",  # clamd
+    "null": b"stream: (null) FOUND\0",  # clamd
+    "too-long": b"INSTREAM size limit exceeded. ERROR\0",  # clamd
+    "error": b"Can't allocate memory ERROR\0",  # clamd
     "badcode": b"SPAMD/1.1 76 Bad header line: (Content-Length mismatch: Expected 10 bytes)\r\n",
 }
 
@@ -272,9 +275,9 @@ class FakeScanner:
     """A scanner daemon of our own on a loopback port, misbehaving as ``mode`` says.
 
     'refuse': the port is held but nothing listens (connection refused).  'hang': accepts,
-    reads everything, never answers.  'close': accepts and closes at once.  'garbage',
-    'limits', 'error', 'badcode': reads the request, answers the bytes in ``CANNED``.
-    'answer': reads the request, answers ``reply``.
+    reads everything, never answers.  'close': accepts and closes at once.  The modes named
+    in ``CANNED`` read the request and answer those bytes.  'answer': reads the request,
+    answers ``reply``.
     """
 
     def __init__(self, mode: str, reply: bytes = b"") -> None:

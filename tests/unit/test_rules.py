@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from policy_milter import catalogue
-from policy_milter.addresses import Address, parse_path
+from policy_milter.addresses import Address, client_ip, parse_path
 from policy_milter.decision import Action, Decision
-from policy_milter.model import client_ip
 from policy_milter.patterns import contains
 from policy_milter.rules import policy
 from policy_milter.rules.policy import RULE_FILES, SKIPPABLE, TABLE_FILES, Policy
 from policy_milter.rules.rulelist import Rule, RuleList
+from policy_milter.rules.settings import NAMES as SETTING_NAMES
 from policy_milter.rules.source import RuleErrors
 from policy_milter.rules.tables import DomainKind, Limits
 from policy_milter.stages import Stage
@@ -91,7 +91,7 @@ def test_shipped_rules_load() -> None:
     for name in (*TABLE_FILES, *RULE_FILES):
         assert str(SHIPPED_RULES / name) in p.files, f"policy.conf does not name {name}"
     assert [rl.name for rl in p.rule_lists] == list(RULE_FILES)
-    assert p.monitor is False
+    assert p.settings.monitor is False
 
 
 # --- errors: policy.conf -------------------------------------------------------------
@@ -124,8 +124,20 @@ def test_shipped_rules_load() -> None:
     # choice
     ("failure_action = bounce", "failure_action: 'bounce' is not one of: tempfail, accept"),
     # the others
-    ("recipient_delimiter = ++", "recipient_delimiter: '++' is not a single punctuation character"),
-    ("recipient_delimiter = x", "recipient_delimiter: 'x' is not a single punctuation character"),
+    ("recipient_delimiter = +x", "recipient_delimiter: '+x' is not a set of punctuation "
+                                 "characters (like + or +-)"),
+    ("recipient_delimiter = @", "recipient_delimiter: '@' is not a set of punctuation "
+                                "characters (like + or +-)"),
+    ("unscannable_action = tempfail", "unscannable_action: 'tempfail' is not 'accept', 'reject' "
+                                      "or 'reject ENTRY'"),
+    ("unscannable_action = reject scanner_tempfail",
+     "unscannable_action: 'scanner_tempfail' is not a 5xx reply the milter can send at end "
+     "of message (a message too big to scan stays too big: never a 4xx)"),
+    ("unscannable_action = reject relay_denied",
+     "unscannable_action: 'relay_denied' is not a 5xx reply the milter can send at end "
+     "of message (a message too big to scan stays too big: never a 4xx)"),
+    ("spam_failure_action = maybe",
+     "spam_failure_action: 'maybe' is not one of: (empty), tempfail, accept"),
     ("list_patterns = lists.example.com", "list_patterns: 'lists.example.com' is not an address "
                                           "pattern (use user@domain, @domain, user@ or <>)"),
 ])
@@ -430,7 +442,7 @@ def test_every_error_in_every_file_at_once(tmp_path: Path) -> None:
 
 def test_settings_defaults(tmp_path: Path) -> None:
     p = load(tmp_path, ["# nothing set"])
-    s = dict(p.settings)
+    s = {name: getattr(p.settings, name) for name in SETTING_NAMES}
     relay_networks, list_patterns = s.pop("relay_networks"), s.pop("list_patterns")
     generic = s.pop("rdns_generic_names")
     assert not s.pop("challenge_recipients")
@@ -441,12 +453,13 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "local_sender_requires_auth": False, "recipient_delimiter": "",
         "dns_nameservers": (), "dns_port": 53, "dns_timeout": 3.0, "dns_budget": 8.0,
         "dns_min_ttl": 5, "dns_max_ttl": 86400, "dns_negative_ttl": 300, "rdns": "off",
-        "dnsbl_threshold": 1, "content_max_size": 10 * 1024**2,
+        "dns_failure_action": "", "dnsbl_threshold": 1, "content_max_size": 10 * 1024**2,
+        "unscannable_action": None,
         "clamd": "", "clamd_timeout": 30.0, "clamd_max_size": 25 * 1024**2,
-        "virus_action": "reject", "virus_failure_action": "tempfail",
+        "virus_action": "reject", "virus_failure_action": "",
         "spamd": "", "spamd_timeout": 60.0, "spamd_user": "", "spam_max_size": 2 * 1024**2,
         "spam_tag_score": 5.0, "spam_reject_score": 10.0, "spam_subject_tag": "",
-        "spam_failure_action": "accept", "challenge_store": "", "challenge_address": "",
+        "spam_failure_action": "", "challenge_store": "", "challenge_address": "",
         "challenge_smtp": ("127.0.0.1", 25), "challenge_expire": 7 * 86400,
     }
     assert not generic
@@ -454,7 +467,8 @@ def test_settings_defaults(tmp_path: Path) -> None:
             ("127.0.0.1", "127.255.0.9", "::1", "192.0.2.1", "::2")] == \
         [True, True, True, False, False]
     assert not list_patterns
-    assert p.where == {name: "default" for name in policy.SETTINGS}
+    assert p.where == {name: "default" for name in SETTING_NAMES}
+    assert p.settings.failure("spam_failure_action") == "tempfail"
     assert p.rule_lists == ()
     assert not p.tables.domain_list and not p.tables.accounts and not p.tables.listeners
     assert p.tables.domain("example.com") is None
@@ -468,7 +482,7 @@ def test_sizes(tmp_path: Path, text: str, octets: int) -> None:
     p = load(tmp_path, ["# sizes", f"max_message_size = {text}"],
              domains=[f"example.com local max_size={text} max_receive_size={text}"],
              listeners=[f"submission max_size={text}"])
-    assert p.max_message_size == octets
+    assert p.settings.max_message_size == octets
     assert p.where["max_message_size"] == f"{tmp_path / 'policy.conf'}:2"
     domain = p.tables.domain("example.com")
     assert domain is not None
@@ -481,7 +495,7 @@ def test_sizes(tmp_path: Path, text: str, octets: int) -> None:
     ("no", False), ("No", False), ("false", False), ("off", False), ("0", False),
 ])
 def test_bool_spellings(tmp_path: Path, text: str, value: bool) -> None:
-    assert load(tmp_path, [f"monitor = {text}"]).monitor is value
+    assert load(tmp_path, [f"monitor = {text}"]).settings.monitor is value
 
 
 def test_setting_values(tmp_path: Path) -> None:
@@ -493,15 +507,15 @@ def test_setting_values(tmp_path: Path) -> None:
                         "failure_action = ACCEPT",
                         "list_patterns = *-list@example.com, @lists.example.com",
                         "include conf.d/*.conf", "include nothing-here/*.conf"])
-    assert p.disallowed_commands == frozenset({"TURN", "ATRN", "ETRN"})
-    assert [contains(p.relay_networks, ip)
+    assert p.settings.disallowed_commands == frozenset({"TURN", "ATRN", "ETRN"})
+    assert [contains(p.settings.relay_networks, ip)
             for ip in ("192.0.2.9", "2001:db8::9", "198.51.100.7", "198.51.100.8")] == \
         [True, True, True, False]
-    assert p.failure_action == "accept"
-    assert [contains(p.list_patterns, addr(a)) for a in
+    assert p.settings.failure_action == "accept"
+    assert [contains(p.settings.list_patterns, addr(a)) for a in
             ("staff-list@example.com", "x@lists.example.com", "staff@example.com")] == \
         [True, True, False]
-    assert (p.recipient_delimiter, p.max_recipients) == ("-", 20)
+    assert (p.settings.recipient_delimiter, p.settings.max_recipients) == ("-", 20)
     assert p.where["recipient_delimiter"] == f"{tmp_path / 'conf.d' / '10-a.conf'}:1"
     assert p.where["max_recipients"] == f"{tmp_path / 'conf.d' / '20-b.conf'}:1"
     assert p.where["relay_networks"] == f"{tmp_path / 'policy.conf'}:2"
