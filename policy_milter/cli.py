@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, catalogue
@@ -222,7 +223,7 @@ class Server:
         while self.engine.open_sessions > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _milter(self, serve, main: int | None) -> None:  # type: ignore[no-untyped-def]
+    def _milter(self, serve: Callable[..., None], main: int | None) -> None:
         try:
             serve(self.engine, self.args.socket, timeout=self.args.timeout)
         except Exception as err:  # bind failures and the like end the process

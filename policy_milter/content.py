@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from email.message import Message
 from functools import cached_property
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from .message import MessageBuffer
 from .patterns import PatternError
@@ -147,7 +147,7 @@ class HeaderPatterns(ContentPatterns[T]):
         self._items.append(((name.lower(), _regex(rx)), payload))
 
     def _matches(self, pattern: object, facts: MessageFacts) -> bool:
-        name, rx = pattern  # type: ignore[misc]
+        name, rx = cast(tuple[str, re.Pattern[str]], pattern)
         return any(n.lower() == name and rx.search(v) for n, v in facts.fields)
 
 

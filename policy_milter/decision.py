@@ -36,8 +36,8 @@ _PAYLOAD = {
     Action.QUARANTINE: frozenset({"reason"}),
     Action.ADD_HEADER: frozenset({"headers", "subject_prefix"}),
 }
-_EMPTY = {"entry": None, "skip": frozenset(), "headers": (), "subject_prefix": "",
-          "recipients": (), "reason": ""}
+_EMPTY: dict[str, object] = {"entry": None, "skip": frozenset(), "headers": (),
+                              "subject_prefix": "", "recipients": (), "reason": ""}
 
 
 @dataclass(frozen=True)

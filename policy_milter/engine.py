@@ -18,6 +18,7 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 
 from . import catalogue
+from .addresses import client_ip
 from .checks import access, protocol
 from .checks.base import Check, Context, NotChecked
 from .checks.order import ACTIONS, ORDER, SKIPPABLE
@@ -25,7 +26,6 @@ from .decision import CONTINUE, Action, Decision
 from .envelope import Directory
 from .log import DecisionLog
 from .message import MessageBuffer
-from .addresses import client_ip
 from .model import Connection, Transaction
 from .patterns import contains
 from .rules.policy import Policy

@@ -22,7 +22,6 @@ from typing import TypeVar
 from .addresses import Address, AddressError, normalize_domain
 from .rules.tables import Account, Domain, DomainKind, MailingList, Tables
 
-
 T = TypeVar("T")
 
 

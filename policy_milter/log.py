@@ -134,7 +134,7 @@ def configure(target: str, level: str = "info") -> logging.Logger:
     # skips the walk up the stack for the caller's file and line (the logging HOWTO's
     # own advice for speed).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logger = logging.getLogger(LOGGER)
     logger.handlers.clear()
     logger.propagate = False

@@ -16,8 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from .addresses import Address, AddressError, normalize_domain
-from .addresses import IPAddress, client_ip
+from .addresses import Address, AddressError, IPAddress, client_ip, normalize_domain
 
 T = TypeVar("T")
 _GLOB = re.compile(r"[*?\[]")
@@ -196,7 +195,7 @@ class NetworkPatterns(PatternSet[T]):
         table = self._nets.setdefault((net.version, net.prefixlen), {})
         table.setdefault(int(net.network_address), []).append(payload)
 
-    def find(self, value: IPAddress | str | None) -> Iterator[T]:  # type: ignore[override]
+    def find(self, value: IPAddress | str | None) -> Iterator[T]:
         ip = client_ip(value) if isinstance(value, str) or value is None else value
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped  # as client_ip does for text: patterns store mapped as IPv4

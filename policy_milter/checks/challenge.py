@@ -11,6 +11,7 @@ automatic replies are never challenged (no backscatter): they are delivered.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from email.message import EmailMessage
@@ -108,7 +109,7 @@ def _answered(ctx: Context, store: ChallengeStore, released: list[Held]) -> None
     mailer, log = ctx.mailer, ctx.log
     assert mailer is not None
     for entry in released:
-        ctx.services.run_later(lambda e=entry: release(store, mailer, log, e))  # type: ignore[misc]
+        ctx.services.run_later(functools.partial(release, store, mailer, log, entry))
 
 
 def release(store: ChallengeStore, mailer: Mailer, log: DecisionLog, entry: Held) -> bool:

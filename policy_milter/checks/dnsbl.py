@@ -13,6 +13,7 @@ failure action only when the answers that did come cannot decide.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from .. import catalogue
@@ -57,7 +58,7 @@ def queries(ctx: Context, zone: Zone, targets: frozenset[str] = ALL_TARGETS) -> 
     return found
 
 
-def prefetcher(targets: frozenset[str]):  # type: ignore[no-untyped-def]
+def prefetcher(targets: frozenset[str]) -> Callable[[Context], None]:
     """Start the lookups of ``targets``, which just became known; the check collects them."""
     def prefetch(ctx: Context) -> None:
         if ctx.trusted:

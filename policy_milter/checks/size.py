@@ -22,9 +22,9 @@ CHECK = "size"
 def limits_configured(policy: Policy) -> bool:
     """Whether any size limit exists, so that the adapter must count the message."""
     t = policy.tables
-    owners = [*t.domain_list, *t.accounts.values()]
+    limits = [o.limits for o in t.domain_list] + [a.limits for a in t.accounts.values()]
     return bool(policy.settings.max_message_size
-                or any(o.limits.max_size or o.limits.max_receive_size for o in owners)
+                or any(lim.max_size or lim.max_receive_size for lim in limits)
                 or any(listener.max_size for listener in t.listeners.values()))
 
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import catalogue
 from ..catalogue import Entry, Kind
@@ -103,7 +104,7 @@ class RuleIndex:
             if key is None:
                 self._scan.append(number)
                 continue
-            index = self._by_field.setdefault(key.field, FIELDS[key.field]())  # type: ignore[assignment]
+            index = self._by_field.setdefault(key.field, FIELDS[key.field]())  # type: ignore[arg-type]
             for text in key.texts:
                 index.add(text, number)
 
@@ -236,9 +237,13 @@ class RuleListParser:
     def _action(self, words: list[str], line: Line, stage: Stage,
                 monitor: bool) -> Decision | None:
         verb, args = words[0].lower(), words[1:]
-        made = dict(rule=line.where, check=self.name, monitor=monitor)
+
+        def decide(action: Action, **payload: Any) -> Decision:
+            return Decision(action, rule=line.where, check=self.name, monitor=monitor,
+                            **payload)
+
         if verb == "permit":
-            return self._permit(args, line, stage, made)
+            return self._permit(args, line, stage, decide)
         if verb in ("reject", "tempfail"):
             if len(args) > 1:
                 self.errors.add(line.where, f"{verb} takes at most one catalogue entry name")
@@ -246,25 +251,25 @@ class RuleListParser:
             default = catalogue.get("state_tempfail") if verb == "tempfail" else (
                 catalogue.get("content_rejected") if stage is Stage.EOM else self.default_reject)
             entry = self._entry(args[0] if args else default.name, verb, stage, line)
-            return entry and Decision(Action(verb), entry, **made)
+            return decide(Action(verb), entry=entry) if entry else None
         if verb in ("deny", "discard") and not args:
             name = "permission_denied" if verb == "deny" else "deleted_by_filter"
             action = Action.REJECT if verb == "deny" else Action.DISCARD
-            return Decision(action, catalogue.get(name), **made)
+            return decide(action, entry=catalogue.get(name))
         if verb == "quarantine":
-            return Decision(Action.QUARANTINE, reason=_rest(line, verb) or line.where, **made)
+            return decide(Action.QUARANTINE, reason=_rest(line, verb) or line.where)
         if verb == "add_header":
-            return self._add_header(_rest(line, verb), line, made)
+            return self._add_header(_rest(line, verb), line, decide)
         self.errors.add(line.where, f"unknown action '{' '.join(words)}' (expected permit, "
                         "reject, tempfail, deny, discard, quarantine or add_header)")
         return None
 
     def _permit(self, args: list[str], line: Line, stage: Stage,
-                made: dict[str, object]) -> Decision | None:
+                decide: Callable[..., Decision]) -> Decision | None:
         """``skip=`` names checks still ahead of the rule's stage; ``all`` means all of
         them, and no ``skip=`` the black lists among them."""
         ahead = self.skippable_after(stage, self.name)
-        skip = DEFAULT_PERMIT_SKIP & ahead
+        skip: set[str] = set(DEFAULT_PERMIT_SKIP & ahead)
         for arg in args:
             name, eq, value = arg.partition("=")
             if name != "skip" or not eq:
@@ -282,15 +287,15 @@ class RuleListParser:
                 return None
         if "all" in skip:
             skip = set(ahead)
-        return Decision(Action.PERMIT, skip=frozenset(skip), **made)  # type: ignore[arg-type]
+        return decide(Action.PERMIT, skip=frozenset(skip))
 
-    def _add_header(self, text: str, line: Line, made: dict[str, object]) -> Decision | None:
+    def _add_header(self, text: str, line: Line,
+                    decide: Callable[..., Decision]) -> Decision | None:
         name, colon, value = text.partition(":")
         if not colon or not _HEADER_NAME.fullmatch(name.strip()) or not value.strip():
             self.errors.add(line.where, "add_header takes 'Name: value'")
             return None
-        return Decision(Action.ADD_HEADER,  # type: ignore[arg-type]
-                        headers=((name.strip(), value.strip()),), **made)
+        return decide(Action.ADD_HEADER, headers=((name.strip(), value.strip()),))
 
     def _entry(self, name: str, verb: str, stage: Stage, line: Line) -> Entry | None:
         try:

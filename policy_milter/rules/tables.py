@@ -248,7 +248,7 @@ class Tables:
             self.domain_list.append(entry)
 
     def load_accounts(self, lines: list[Line], errors: Errors) -> None:
-        attrs_allowed = dict(_LIMIT_ATTRS, login=str)
+        attrs_allowed: dict[str, Callable[[str], Any]] = dict(_LIMIT_ATTRS, login=str)
         for line in lines:
             key, *rest = line.words()
             flags, attrs = _attrs(rest, line, errors, {"local-only", "moved"}, attrs_allowed)
@@ -341,9 +341,8 @@ class Tables:
             except PatternError as err:
                 errors.add(line.where, str(err))
                 continue
-            self.zones.append(Zone(zone, line.where, frozenset(targets),
-                                   **{k: v for k, v in attrs.items()},
-                                   **{f: True for f in flags}))
+            options: dict[str, Any] = {**attrs, **dict.fromkeys(flags, True)}
+            self.zones.append(Zone(zone, line.where, frozenset(targets), **options))
 
     @staticmethod
     def _domain_key(text: str, line: Line, errors: Errors, into: set[str]) -> str | None:

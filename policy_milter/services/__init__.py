@@ -25,13 +25,13 @@ __all__ = ["DependencyError", "Services", "in_background"]
 _BACKGROUND = ThreadPoolExecutor(2, thread_name_prefix="background")
 
 
-def _log_failure(future: Future[None]) -> None:
+def _log_failure(future: Future[object]) -> None:
     error = future.exception()
     if error is not None:
         logging.getLogger(LOGGER).error(fields(event="background_error", error=repr(error)))
 
 
-def in_background(work: Callable[[], None]) -> None:
+def in_background(work: Callable[[], object]) -> None:
     """Run ``work`` off the mail path (sending challenges, releasing held mail)."""
     _BACKGROUND.submit(work).add_done_callback(_log_failure)
 
@@ -47,5 +47,5 @@ class Services:
     spam: SpamScanner | None = None
     challenges: ChallengeStore | None = None
     mailer: Mailer | None = None
-    run_later: Callable[[Callable[[], None]], None] = in_background
+    run_later: Callable[[Callable[[], object]], None] = in_background
     last_sweep: float = 0.0  # when held challenge mail was last expired

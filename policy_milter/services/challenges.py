@@ -246,7 +246,8 @@ class SqliteChallengeStore:
         return self._spool / (held_id + SUFFIX)
 
     def _held(self, row: Any) -> Held:
-        return Held(*row, path=self._path(row[0]))
+        held_id, token, sender, recipient, queued_at, size = row  # the _COLUMNS
+        return Held(held_id, token, sender, recipient, queued_at, size, self._path(held_id))
 
     def _sorted(self, rows: list[Any]) -> list[Held]:
         return sorted((self._held(row) for row in rows), key=lambda h: (h.queued_at, h.id))
