@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -11,29 +10,17 @@ from policy_milter import catalogue
 from policy_milter.catalogue import Kind
 from policy_milter.stages import Stage
 
-SEED_DIR = Path(__file__).resolve().parents[3] / "shared" / "seeds"
-
-
-def _blank(line: str) -> bool:
-    return not line.replace("\xa0", "").strip()
+SEED_ROWS = Path(__file__).resolve().parents[1] / "fixtures" / "seed_rows.tsv"
 
 
 def seed_rows() -> list[tuple[str, str, str]]:
-    """(code, enhanced code, text) for each row of the seed table, in order.
-
-    A row is code, enhanced code, message, description, action.  Where the message
-    cell is empty (the last two size rows) the text stands in the description cell;
-    the two filter outcomes have neither code.
-    """
-    (seed,) = SEED_DIR.glob("*.txt")
-    lines = seed.read_text(encoding="utf-8").splitlines()
+    """(code, enhanced code, text) of each row of the seed FAQ, in order ('' for none)."""
     rows = []
-    for i in range(len(lines) - 3):
-        a, b, c, d = lines[i:i + 4]
-        if re.fullmatch(r"\d{3}", a) and re.fullmatch(r"\d\.\d\.\d", b):
-            rows.append((a, b, (d if _blank(c) else c).strip()))
-        elif _blank(a) and _blank(b) and not _blank(c) and _blank(d):
-            rows.append(("", "", c.strip()))
+    for line in SEED_ROWS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            continue
+        code, enhanced, text = line.split("\t")
+        rows.append((code.strip("-"), enhanced.strip("-"), text))
     return rows
 
 
