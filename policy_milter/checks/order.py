@@ -157,10 +157,11 @@ def first_stage(name: str) -> Stage:
 
 def markdown() -> str:
     """The README's "Order of checks" table."""
-    lines = ["| stage | check | decides | on | a white entry may skip it | on failure of |",
+    lines = ["| stage | check | decides | on when | white entries may skip it "
+             "| if it cannot check |",
              "|---|---|---|---|---|---|"]
     for spec in ORDER:
-        failure = f"{spec.depends}: `{spec.failure}`" if spec.depends else "-"
+        failure = f"{spec.depends} fails: `{spec.failure}`" if spec.depends else "-"
         if spec.unscannable:
             failure += "; too big to check: `unscannable_action`"
         lines.append(f"| {spec.stage.value} | `{spec.name}` | {spec.what} | {spec.on} "

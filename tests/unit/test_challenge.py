@@ -111,6 +111,30 @@ def test_only_the_protected_copy_is_held(
     assert [h.recipient for h in store.pending()] == ["alice@example.com"]
 
 
+def test_a_tagged_recipient_is_its_mailbox(
+        setup: tuple[Engine, SqliteChallengeStore, RecordingMailer]) -> None:
+    engine, store, mailer = setup
+    outcome = deliver(engine, STRANGER, ["<Alice+news@EXAMPLE.com>", "<postmaster@example.com>"])
+    assert outcome.delete_recipients == ["<Alice+news@EXAMPLE.com>"]  # as the MTA knows it
+    assert [h.recipient for h in store.pending()] == ["alice@example.com"]
+    assert len(mailer.sent) == 1
+
+
+def test_a_white_entry_at_rcpt_spares_only_its_recipient(
+        make_rules: Callable[..., Path], tmp_path: Path) -> None:
+    rules = make_rules(challenge_store=str(tmp_path / "store"),
+                       challenge_recipients="alice@example.com, abuse@example.com",
+                       challenge_address="challenge@example.com")
+    with open(rules / "access", "a") as access:
+        access.write("\nrecipient abuse@example.com permit skip=challenge\n")
+    store = SqliteChallengeStore(tmp_path / "store")
+    engine = Engine(load(rules), Services(challenges=store, mailer=RecordingMailer(),
+                                          run_later=lambda work: work()))
+    outcome = deliver(engine, STRANGER, ["<abuse@example.com>", "<alice@example.com>"])
+    assert outcome.delete_recipients == ["<alice@example.com>"]
+    assert [h.recipient for h in store.pending()] == ["alice@example.com"]
+
+
 @pytest.mark.parametrize("sender, headers", [
     ("<>", ""),
     (STRANGER, "List-Id: <news.else.example>"),

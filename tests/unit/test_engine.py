@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from policy_milter.decision import Action, Decision
-from policy_milter.engine import Engine, Session
+from policy_milter.engine import Engine, Outcome, Session
 from policy_milter.rules.policy import load
 from policy_milter.services import DependencyError, Services
+from policy_milter.services.clamd import VirusResult
 from policy_milter.services.state import MemoryRateStore
 
 
@@ -422,3 +424,45 @@ def test_white_entry_at_mail_holds_for_recipient_rules(engine: Engine) -> None:
     assert rcpt_after(listed, "<a@sender.example>", "<former@example.com>") == "continue"
     other = open_session(engine)
     assert rcpt_after(other, "<a@sender.example>", "<former@example.com>") == "permission_denied"
+
+
+# --- white entries at RCPT and the message-wide checks -------------------------------
+
+class AlwaysInfected:
+    def scan(self, message: BinaryIO) -> VirusResult:
+        return VirusResult(("Win.Test.A",))
+
+
+def skip_rules(make_rules: Callable[..., Path], rule: str, **settings: str) -> Path:
+    rules = make_rules(clamd="tcp:127.0.0.1:3310", **settings)
+    with open(rules / "access", "a") as access:
+        access.write(f"\n{rule}\n")
+    return rules
+
+
+def deliver(engine: Engine, *rcpts: str) -> Outcome:
+    s = open_session(engine)
+    assert entry(s.mail("<a@sender.example>", [], "", "")) == "continue"
+    for rcpt in rcpts:
+        assert entry(s.rcpt(rcpt, [], "")) == "continue"
+    s.header("Subject", b"test")
+    s.body(b"hello\r\n")
+    return s.eom("")
+
+
+def test_a_recipients_white_entry_spares_only_itself(make_rules: Callable[..., Path]) -> None:
+    """A message-wide check is skipped only when every recipient's white entry skips it:
+    one recipient's permit never lets a virus through to the others."""
+    rules = skip_rules(make_rules, "recipient abuse@example.com permit skip=virus")
+    engine = Engine(load(rules), Services(virus=AlwaysInfected()))
+    assert entry(deliver(engine, "<abuse@example.com>").decision) == "continue"
+    assert entry(deliver(engine, "<ABUSE+x@example.com>").decision) == "continue"
+    assert entry(deliver(engine, "<abuse@example.com>", "<postmaster@example.com>").decision) \
+        == "virus_found"
+
+
+def test_a_white_entry_at_mail_spares_every_recipient(make_rules: Callable[..., Path]) -> None:
+    rules = skip_rules(make_rules, "sender @sender.example permit skip=virus")
+    engine = Engine(load(rules), Services(virus=AlwaysInfected()))
+    assert entry(deliver(engine, "<abuse@example.com>", "<postmaster@example.com>").decision) \
+        == "continue"

@@ -80,7 +80,7 @@ def line_of(rule: Rule | None) -> int | None:
 def decision(tmp_path: Path, rule: str, file: str = "access") -> Decision:
     p = load(tmp_path, **{file: [rule]})
     rl = rule_list(p, file)
-    (only,) = rl.mail.rules + rl.rcpt.rules
+    (only,) = rl.mail.rules + rl.rcpt.rules + rl.eom.rules
     return only.decision
 
 
@@ -860,6 +860,47 @@ def test_permit_skip(tmp_path: Path, args: str, skip: set[str]) -> None:
     assert (d.action, d.entry, d.skip) == (Action.PERMIT, None, frozenset(skip))
     assert SKIPPABLE == frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus",
                                    "spam", "challenge"})
+
+
+@pytest.mark.parametrize("rule, skip", [
+    ("recipient vip@example.com permit", {"access"}),  # the black lists still ahead
+    ("recipient vip@example.com permit skip=all",
+     {"access", "filters", "virus", "spam", "challenge"}),
+    ("recipient vip@example.com permit skip=virus,challenge", {"virus", "challenge"}),
+    ("header Subject=/x/ permit", set()),
+    ("header Subject=/x/ permit skip=all", {"filters", "virus", "spam", "challenge"}),
+])
+def test_permit_skips_only_what_is_still_ahead(tmp_path: Path, rule: str,
+                                               skip: set[str]) -> None:
+    assert decision(tmp_path, rule).skip == frozenset(skip)
+
+
+@pytest.mark.parametrize("rule, behind, stage, ahead", [
+    ("recipient vip@example.com permit skip=dnsbl,rdns", "dnsbl, rdns", "RCPT TO",
+     "access, challenge, filters, spam, virus"),
+    ("recipient vip@example.com permit skip=local_sender", "local_sender", "RCPT TO",
+     "access, challenge, filters, spam, virus"),
+    ("body /x/ permit skip=dnsbl", "dnsbl", "the end of the message",
+     "challenge, filters, spam, virus"),
+])
+def test_permit_cannot_skip_what_already_ran(tmp_path: Path, rule: str, behind: str,
+                                             stage: str, ahead: str) -> None:
+    (error,) = errors(tmp_path, access=[rule])
+    assert error.startswith(f"{tmp_path / 'access'}:1: this permit is decided at {stage}, "
+                            f"after {behind} already ran; it can still skip: all, {ahead} (")
+    assert "put the permit in a rule without" in error
+
+
+@pytest.mark.parametrize("rule", [
+    "recipient @example.com body /viagra/ reject",
+    "header Subject=/x/ recipient abuse@example.com discard",
+    "attachment *.exe mime_type application/* recipient @example.com reject",
+])
+def test_a_content_rule_cannot_have_a_recipient(tmp_path: Path, rule: str) -> None:
+    (error,) = errors(tmp_path, filters=[rule])
+    assert error.startswith(f"{tmp_path / 'filters'}:1: a recipient condition cannot be "
+                            "combined with ")
+    assert "give the recipient a rule of its own (decided at RCPT TO)" in error
 
 
 def test_quarantine_and_add_header(tmp_path: Path) -> None:
