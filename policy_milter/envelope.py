@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from types import MappingProxyType
 from typing import TypeVar
 
 from .addresses import Address, AddressError, normalize_domain
@@ -52,9 +51,6 @@ class Hop:
     def local(self) -> bool:
         """Mail for it is delivered here: what a local-only account may write to."""
         return self.entry is not None and self.entry.local
-
-
-_NO_PARAMS: Mapping[str, str | None] = MappingProxyType({})
 
 
 @dataclass(eq=False, slots=True)
@@ -111,9 +107,6 @@ class Resolved:
         if own and (self.domain is None or not self.domain.local):
             return own
         return next((hop.name or "(empty)" for hop in self.routes if not hop.local), None)
-
-    def __str__(self) -> str:
-        return str(self.address)
 
 
 def _keys(address: Address) -> tuple[str, ...]:

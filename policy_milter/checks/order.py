@@ -150,11 +150,6 @@ def skippable_after(stage: Stage, rule_list: str) -> frozenset[str]:
     return frozenset(s.name for s in ORDER[position + 1:] if s.skippable)
 
 
-def first_stage(name: str) -> Stage:
-    """The stage where the check called ``name`` first runs."""
-    return next(s.stage for s in ORDER if s.name == name)
-
-
 def markdown() -> str:
     """The README's "Order of checks" table."""
     lines = ["| stage | check | decides | on when | white entries may skip it "
