@@ -1,12 +1,13 @@
-"""Every envelope-stage catalogue row through a real Postfix, as an SMTP client sees it.
+"""The golden envelope sessions through a real Postfix, as an SMTP client sees them, and
+the rows Postfix answers itself.
 
 Postfix runs with contrib/postfix/main.cf and master.cf as they are (tests/support/postfix.py
 adds only ports, paths, the site's own maps and the milter's socket) in front of a real
 policy-milter process on tests/fixtures/rules.  Clients look remote through XCLIENT
 (127.0.0.1 itself is in the rules' relay_networks).  Expected replies come from the
-catalogue, never from this file; where Postfix answers before the milter is asked, the test
-asserts Postfix's own reply and its docstring says why the milter's row cannot reach the
-client.
+catalogue, never from this file; where Postfix answers before the milter is asked (the
+golden sessions marked postfix-answers-first), a test of its own asserts Postfix's own reply
+and its docstring says why the milter's row cannot reach the client.
 
 Postfix passes a milter's reply through unchanged (code, enhanced code and text), at the
 command the milter refused, except a refused HELO/EHLO: that one still gets 250 and the
@@ -26,15 +27,17 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from policy_milter import catalogue
+from policy_milter.stages import Stage
 from tests.conftest import REPO
 from tests.e2e.conftest import LOCAL_DOMAINS, MAILBOXES, USERS, Pair, milter_dir
 from tests.milter.conftest import MilterProcess
+from tests.support import golden
+from tests.support.golden import SESSIONS, Answer
 from tests.support.postfix import PostfixInstance, reply
 
 Response = tuple[int, bytes]
@@ -63,6 +66,11 @@ def plain(login: str, password: str) -> str:
     return base64.b64encode(f"\0{login}\0{password}".encode()).decode()
 
 
+def authenticate(s: smtplib.SMTP, login: str) -> None:
+    auth = s.docmd("AUTH", f"PLAIN {plain(login, USERS[login])}")
+    assert auth[0] == 235, auth
+
+
 def remote(postfix: PostfixInstance, *, addr: str = "192.0.2.10",
            name: str = "mx.sender.example", port: str = "smtp",
            greeting: str | None = "mx.sender.example", login: str = "") -> smtplib.SMTP:
@@ -75,8 +83,7 @@ def remote(postfix: PostfixInstance, *, addr: str = "192.0.2.10",
         if greeting is not None:
             assert s.ehlo(greeting)[0] == 250
         if login:
-            auth = s.docmd("AUTH", f"PLAIN {plain(login, USERS[login])}")
-            assert auth[0] == 235, auth
+            authenticate(s, login)
     except BaseException:
         s.close()
         raise
@@ -94,12 +101,6 @@ def message(marker: str, sender: str = "a@sender.example", to: str = "postmaster
             f"Message-ID: <{marker}@client.test>\r\n\r\n{body}").encode()
 
 
-def body_of(size: int) -> str:
-    """At least ``size`` bytes of body in 78-character lines."""
-    line = "x" * 78 + "\r\n"
-    return line * (size // len(line) + 1)
-
-
 def marker() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -108,99 +109,82 @@ def new_log_lines(milter: MilterProcess, before: int) -> list[str]:
     return milter.log_lines()[before:]
 
 
-# --- rows the milter answers through Postfix ---------------------------------------------------
+# --- the golden sessions -------------------------------------------------------------------
 
-@dataclass
-class Smtp:
-    """A session through Postfix; the last command (or the end of DATA) gets ``entry``."""
-
-    entry: str
-    commands: tuple[str, ...]
-    addr: str = "192.0.2.10"
-    port: str = "smtp"
-    greeting: str | None = "mx.sender.example"
-    login: str = ""
-    body: str | None = None  # DATA with this body after the commands; its reply is judged
+PORTS = {"smtpd": "smtp", "submission": "submission"}  # listener -> PostfixInstance.ports
+NULL_MAIL = "MAIL FROM:<>"
 
 
-def rcpts(*addresses: str) -> tuple[str, ...]:
-    return tuple(f"RCPT TO:<{a}>" for a in addresses)
+def answer(response: Response) -> Answer:
+    code, enhanced, text = reply(response)
+    return Answer.reply(str(code), enhanced, text)
 
 
-CATCHALL = tuple(f"u{i}@catchall.example" for i in range(6))
-
-ROWS = {
-    "1 unknown command": Smtp("command_unrecognized", ("XYZZY",)),
-    "2 sender without domain": Smtp("domain_required", ("MAIL FROM:<nodomain>",)),
-    "3 unbalanced helo": Smtp("unbalanced", ("HELO [192.0.2.10", MAIL_OK), greeting=None),
-    "4 bad recipient": Smtp("syntax_error", (MAIL_OK, "RCPT TO:<a@@example.com>")),
-    "5 helo not a domain": Smtp("helo_requires_domain", ("HELO bad host!", MAIL_OK),
-                                greeting=None),
-    "9 disallowed operation TURN": Smtp("operation_not_supported", ("TURN",)),
-    "9 disallowed operation ATRN": Smtp("operation_not_supported", ("ATRN",)),
-    "12 no helo": Smtp("helo_required", (MAIL_OK,), greeting=None),
-    "13 second helo": Smtp("helo_already_specified", ("EHLO mx.sender.example", MAIL_OK)),
-    "15 auth required on listener": Smtp("auth_required", (MAIL_OK,), port="submission"),
-    "15 auth required for sender domain": Smtp("auth_required", ("MAIL FROM:<x@partner.example>",)),
-    "16 relay": Smtp("relay_denied", (MAIL_OK, "RCPT TO:<x@elsewhere.example>")),
-    "16 percent hack": Smtp("relay_denied", (MAIL_OK, "RCPT TO:<x%elsewhere.example@example.com>")),
-    "16 bang path": Smtp("relay_denied", (MAIL_OK, "RCPT TO:<elsewhere.example!x@example.com>")),
-    "17 account limits": Smtp("account_limits",
-                              ("MAIL FROM:<rater@quota.example>", *rcpts(*CATCHALL[:5])),
-                              port="submission", login="rater"),
-    "18 local domains only": Smtp("local_domains_only",
-                                  ("MAIL FROM:<intern@example.com>",
-                                   "RCPT TO:<x@elsewhere.example>"),
-                                  port="submission", login="intern"),
-    "19a black list": Smtp("access_denied", (MAIL_OK,), addr="192.0.2.66"),
-    "19b local sender, untrusted client": Smtp("access_denied",
-                                               ("MAIL FROM:<alice@example.com>",)),
-    "19c members-only list": Smtp("access_denied", (MAIL_OK, "RCPT TO:<staff@lists.example.com>")),
-    "20 deny rule": Smtp("permission_denied", ("MAIL FROM:<boss@deny.example>",)),
-    "21 unknown local user": Smtp("unknown_user_local", (MAIL_OK, "RCPT TO:<nobody@example.com>")),
-    "22 unknown relay user": Smtp("unknown_user_relay",
-                                  (MAIL_OK, "RCPT TO:<nobody@backup.example.org>")),
-    "23 moved user": Smtp("user_not_local", (MAIL_OK, "RCPT TO:<bob@example.com>")),
-    "24 no such list": Smtp("no_such_list", (MAIL_OK, "RCPT TO:<nosuch@lists.example.com>")),
-    "25 too many recipients": Smtp("too_many_recipients", (MAIL_OK, *rcpts(*CATCHALL))),
-    "26 declared size": Smtp("message_size_exceeded", (f"{MAIL_OK} SIZE=10485761",)),
-    "26 counted size": Smtp("message_size_exceeded", ("MAIL FROM:<a@small.example>", RCPT_OK),
-                            body=body_of(1024**2 + 10)),
-    "32 declared size per recipient": Smtp("mailbox_size_exceeded",
-                                           (f"{MAIL_OK} SIZE=4096", "RCPT TO:<carol@example.com>")),
-    "32 counted size per recipient": Smtp("mailbox_size_exceeded",
-                                          (MAIL_OK, "RCPT TO:<carol@example.com>"),
-                                          body=body_of(2000)),
-    "33 declared size on listener": Smtp("listener_size_exceeded",
-                                         (f"MAIL FROM:<alice@example.com> SIZE={5 * 1024**2 + 1}",),
-                                         port="submission", login="alice"),
-    "33 counted size on listener": Smtp("listener_size_exceeded",
-                                        ("MAIL FROM:<alice@example.com>",
-                                         "RCPT TO:<postmaster@example.com>"),
-                                        port="submission", login="alice",
-                                        body=body_of(5 * 1024**2 + 1)),
-    "34 filter rule": Smtp("filter_rejected", ("MAIL FROM:<a@filtered.example>",)),
-    "34 filter rule at rcpt": Smtp("filter_rejected", ("MAIL FROM:<a@mixed.example>", RCPT_OK)),
-}
+def end_of_data(s: smtplib.SMTP, raw: bytes) -> Response:
+    """Send the message after DATA's 354, dot-stuffed, and the dot; the reply."""
+    s.send(re.sub(rb"(?m)^\.", b"..", raw) + b".\r\n")
+    return s.getreply()
 
 
-@pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
-def test_milter_row_reaches_the_client(postfix: PostfixInstance, row: Smtp) -> None:
-    with remote(postfix, addr=row.addr, port=row.port, greeting=row.greeting,
-                login=row.login) as s:
-        steps = [command(s, line) for line in row.commands[:-1]]
-        last = command(s, row.commands[-1])
-        if row.body is not None:
-            steps.append(last)
-            last = s.data(message(marker(), body=row.body))
-        # Every earlier command passed: a refused HELO itself still gets 250.
-        assert all(code < 400 for code, _ in steps), steps
-        expect(last, row.entry)
+def arrival(postfix: PostfixInstance, session: golden.Session, tag: str) -> Answer:
+    """A 250 at end of data as the table states it: nothing arrived is a discard; a
+    recipient that passed but got no copy was dropped."""
+    arrived = [copy.recipient for copy in postfix.deliveries_of(tag)]
+    passed = [step.arg for step in session.steps if step.stage is Stage.RCPT and not step.refused]
+    assert sorted(set(arrived)) == sorted(arrived) and set(arrived) <= {
+        a.strip("<>") for a in passed}, f"copies for {arrived}, recipients {passed}"
+    if not arrived:
+        return Answer("discard")
+    return Answer(golden.OK, dropped=tuple(a for a in passed if a.strip("<>") not in arrived))
+
+
+def play(s: smtplib.SMTP, postfix: PostfixInstance, session: golden.Session,
+         step: golden.Step, tag: str) -> Answer:
+    if step.stage is Stage.EOM:
+        response = end_of_data(s, session.message(step, tag).raw)
+        return arrival(postfix, session, tag) if response[0] == 250 else answer(response)
+    response = command(s, step.command)
+    if step.stage is Stage.HELO and step.refused:
+        # Postfix greets back and holds the milter's refusal for the next MAIL FROM; the
+        # table ends a session at a refusal, so that MAIL FROM is the replayer's own.
+        assert response[0] == 250, response
+        return answer(command(s, NULL_MAIL))
+    return answer(response)
+
+
+# Every golden session but those Postfix answers itself: each of those names the test
+# of this module that shows Postfix's own reply instead.
+PLAYED = {name: s for name, s in SESSIONS.items() if not s.postfix_answers_first}
+
+
+def test_sessions_postfix_answers_first_have_their_own_tests() -> None:
+    answered = [s for s in SESSIONS.values() if s.postfix_answers_first]
+    assert answered
+    for session in answered:
+        named = re.findall(r"\b(test_\w+)\b", session.postfix_answers_first)
+        assert named and all(callable(globals().get(n)) for n in named), session.where
+
+
+@pytest.mark.parametrize("session", PLAYED.values(), ids=PLAYED.keys())
+def test_golden_session_through_postfix(postfix: PostfixInstance,
+                                        session: golden.Session) -> None:
+    """A login is given with AUTH right after the first greeting, as a client must."""
+    if session.login and session.steps[0].stage is not Stage.HELO:
+        pytest.fail(f"{session.where}: {session.name!r} has a login but does not greet "
+                    "first: AUTH cannot be played")
+    tag = marker()
+    with remote(postfix, addr=session.addr, name=session.client_name or "[UNAVAILABLE]",
+                port=PORTS[session.listener], greeting=None) as s:
+        for number, step in enumerate(session.steps):
+            session.check(step, play(s, postfix, session, step, tag))
+            if session.login and number == 0:
+                authenticate(s, session.login)
 
 
 def test_every_envelope_row_is_covered() -> None:
-    """ROWS, plus row 10 (Postfix answers it, below) and row 30 (discards, below)."""
-    rows = {catalogue.get(r.entry).row for r in ROWS.values()} | {10, 30}
+    """The golden sessions Postfix plays, plus row 10 (Postfix answers it, below)."""
+    rows = {catalogue.get(name).row for s in SESSIONS.values() if not s.postfix_answers_first
+            for name in s.entries} | {10}
     assert rows >= {1, 2, 3, 4, 5, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
                     26, 30, 32, 33, 34}
     assert {catalogue.get(name).row for name in mta_side_replies()} == {6, 7, 11, 14}
@@ -464,3 +448,16 @@ def test_without_contribs_settings_postfix_answers_first(
             552, "5.3.4", "Message size exceeds fixed limit")
     lines = new_log_lines(pair.milter, before)
     assert not [line for line in lines if "event=decision" in line], lines
+
+
+def test_postfix_knows_a_tagged_recipient_as_its_mailbox(fresh_pair: Callable[..., Pair]) -> None:
+    """contrib's recipient_delimiter is policy.conf's: where Postfix looks a recipient up
+    in its own maps (smtpd_reject_unlisted_recipient = yes), carol+tag@example.com is the
+    mailbox carol@example.com, as the milter takes it, and a tag makes no one known."""
+    pair = fresh_pair(smtpd_options={"smtpd_reject_unlisted_recipient": "yes"})
+    with remote(pair.postfix) as s:
+        assert command(s, MAIL_OK)[0] == 250
+        assert command(s, "RCPT TO:<carol+tag@example.com>")[0] == 250
+        assert reply(command(s, "RCPT TO:<nobody+tag@example.com>")) == (
+            550, "5.1.1", "<nobody+tag@example.com>: Recipient address rejected: "
+                          "User unknown in virtual mailbox table")

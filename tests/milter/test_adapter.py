@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -13,12 +14,15 @@ import pytest
 from Milter import testctx
 
 from policy_milter import catalogue
+from policy_milter.decision import Action, Decision
 from policy_milter.engine import Engine
 from policy_milter.milter import PolicyMilter
 from policy_milter.rules.policy import Policy, load
 from policy_milter.services import Services
 from policy_milter.services.state import MemoryRateStore
-from tests.support.session import ROWS, Scenario
+from policy_milter.stages import Stage
+from tests.support import golden
+from tests.support.golden import SESSIONS, Answer
 
 MESSAGE = b"From: a@sender.example\nTo: postmaster@example.com\nSubject: hi\n\nHello.\n"
 
@@ -89,6 +93,25 @@ def test_internal_error_is_a_tempfail_with_reply(fixture_policy: Policy) -> None
     assert rc == Milter.TEMPFAIL and replied(c, "internal_tempfail")
 
 
+@pytest.mark.parametrize("odd", [
+    Decision(Action.PERMIT, skip=frozenset({"dnsbl"})),
+    Decision(Action.ADD_HEADER, headers=(("X-A", "b"),)),
+    Decision(Action.QUARANTINE, reason="held"),
+])
+def test_an_answer_with_no_reply_is_a_logged_tempfail(
+        ctx: testctx.TestCtx, odd: Decision, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever the engine might hand back that has no SMTP reply, the adapter answers
+    the catalogue's generic tempfail: never a silent continue."""
+    session = ctx.getpriv().session
+    session.rcpt = lambda *args: odd  # type: ignore[method-assign]
+    assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
+    with caplog.at_level(logging.ERROR):
+        assert ctx._envrcpt("<postmaster@example.com>") == Milter.TEMPFAIL
+    assert replied(ctx, catalogue.DEFAULT_TEMPFAIL.name)
+    assert any("event=internal_error stage=rcpt" in r.getMessage()
+               and odd.action.value in r.getMessage() for r in caplog.records)
+
+
 def test_negotiation_follows_the_policy(make_rules: Callable[..., Path]) -> None:
     """No size limit: headers and body are never sent; with one, they are, reply-less."""
     def negotiated(rules: Path) -> int:
@@ -103,42 +126,49 @@ def test_negotiation_follows_the_policy(make_rules: Callable[..., Path]) -> None
     assert not with_limit & Milter.P_NOBODY and with_limit & Milter.P_NR_BODY
 
 
-def drive_ctx(ctx: testctx.TestCtx, s: Scenario) -> int:
-    """The scenario through Milter.testctx, as libmilter would call the adapter."""
-    for name, value in (("{daemon_name}", s.listener), ("{auth_authen}", s.login),
-                        ("i", "QID1")):
+ACTIONS = {Milter.CONTINUE: golden.OK, Milter.DISCARD: "discard", Milter.REJECT: "reject",
+           Milter.TEMPFAIL: "tempfail"}
+
+
+def answer(ctx: testctx.TestCtx, rc: int, dropped: Sequence[str] = ()) -> Answer:
+    """A callback's return code and the reply it set, as the table states answers."""
+    code, enhanced, text = ctx._reply or ("", "", "")
+    return Answer(ACTIONS.get(rc, f"return code {rc}"), code, enhanced, text, tuple(dropped))
+
+
+def play(ctx: testctx.TestCtx, session: golden.Session, step: golden.Step) -> Answer:
+    """One step through the adapter, as libmilter would call it."""
+    ctx._reply = None
+    match step.stage:
+        case Stage.HELO:
+            return answer(ctx, ctx._helo(step.arg))
+        case Stage.MAIL:
+            return answer(ctx, ctx._envfrom(step.arg, *step.params))
+        case Stage.RCPT:
+            return answer(ctx, ctx._envrcpt(step.arg))
+        case Stage.DATA:
+            return answer(ctx, ctx._data())
+        case Stage.EOM:
+            message = session.message(step)
+            for name, value in message.headers:
+                if (rc := ctx._header(name, value)) != Milter.CONTINUE:
+                    return answer(ctx, rc)
+            for rc in (ctx._eoh(), ctx._feed_body(BytesIO(message.body))):
+                if rc != Milter.CONTINUE:
+                    return answer(ctx, rc)
+            return answer(ctx, ctx._eom(), ctx._delrcpt)
+        case Stage.UNKNOWN:
+            return answer(ctx, ctx.getpriv().unknown(step.arg))
+    raise AssertionError(f"{step.where}: the testctx replayer cannot play {step.command!r}")
+
+
+@pytest.mark.parametrize("session", SESSIONS.values(), ids=SESSIONS.keys())
+def test_golden_session_through_testctx(fixture_policy: Policy, session: golden.Session) -> None:
+    ctx = context(Engine(fixture_policy, Services()), session.listener)
+    for name, value in (("{auth_authen}", session.login), ("i", "QID1")):
         ctx._setsymval(name, value)
     ctx._negotiate()
-    family = socket.AF_INET6 if ":" in s.addr else socket.AF_INET
-    rc = Milter.connect_callback(ctx, "mx.sender.example", family, s.addr)
-    if s.stage == "unknown":
-        return ctx.getpriv().unknown(s.unknown)
-    for name in s.helo:
-        rc = ctx._helo(name)
-    if s.stage == "helo":
-        return rc
-    rc = ctx._envfrom(s.sender, *s.params)
-    if s.stage == "mail":
-        return rc
-    for rcpt in s.rcpts:
-        rc = ctx._envrcpt(rcpt)
-        if rc != Milter.CONTINUE:
-            break
-    if s.stage == "rcpt":
-        return rc
-    rc = ctx._data()
-    if s.stage == "data":
-        return rc
-    ctx._header("Subject", "test")
-    ctx._eoh()
-    ctx._feed_body(BytesIO(s.body))
-    return ctx._eom()
-
-
-@pytest.mark.parametrize("scenario", ROWS.values(), ids=ROWS.keys())
-def test_catalogue_row_through_testctx(fixture_policy: Policy, scenario: Scenario) -> None:
-    ctx = context(Engine(fixture_policy, Services()), scenario.listener)
-    rc = drive_ctx(ctx, scenario)
-    entry = catalogue.get(scenario.entry)
-    assert rc == (Milter.TEMPFAIL if entry.temporary else Milter.REJECT)
-    assert replied(ctx, scenario.entry)
+    family = socket.AF_INET6 if ":" in session.addr else socket.AF_INET
+    assert Milter.connect_callback(ctx, session.hostname, family, session.addr) == Milter.CONTINUE
+    for step in session.steps:
+        session.check(step, play(ctx, session, step))

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import copy_rules
 from tests.milter.conftest import MilterProcess, start_milter
 from tests.support.dnsservers import Dnsmasq, FakeDns, Rbldnsd
-from tests.support.session import Scenario, assert_reply, drive
+from tests.support.session import assert_reply, mail_from
 
 LISTS = ["bl.test client codes=127.0.0.2-127.0.0.11 txt", "dbl.test sender,helo"]
 DNS_SETTINGS = dict(rdns="forward-confirmed", dns_timeout="1", dns_budget="2")
@@ -62,7 +62,7 @@ CASES = {
 def test_dns_decisions(dns_milter: MilterProcess, addr: str, sender: str,
                        expected: str | None) -> None:
     with dns_milter.client() as client:
-        reply = drive(client, Scenario("", "mail", addr=addr, sender=sender))
+        reply = mail_from(client, sender, addr)
     if expected is None:
         assert reply.passed, reply
     else:
@@ -71,14 +71,14 @@ def test_dns_decisions(dns_milter: MilterProcess, addr: str, sender: str,
 
 def test_listing_is_logged_with_its_txt(dns_milter: MilterProcess) -> None:
     with dns_milter.client() as client:
-        drive(client, Scenario("", "mail", addr="192.0.2.77"))
+        mail_from(client, addr="192.0.2.77")
     line = dns_milter.wait_for_log("client=192.0.2.77")
     assert "check=dnsbl" in line and "Listed 192.0.2.77" in line
 
 
 def test_refusal_code_is_logged_as_zone_error(dns_milter: MilterProcess) -> None:
     with dns_milter.client() as client:
-        drive(client, Scenario("", "mail", addr="192.0.2.78"))
+        mail_from(client, addr="192.0.2.78")
     assert "127.255.255.254" in dns_milter.wait_for_log("event=dnsbl_zone_error")
 
 
@@ -105,7 +105,7 @@ def test_dns_failure_tempfails_within_the_budget(tmp_path: Path, faulty_dns: Fak
     process = faulty_milter(tmp_path, faulty_dns, fresh_milter)
     with process.client() as client:
         started = time.monotonic()
-        reply = drive(client, Scenario("", "mail", addr="192.0.2.30"))
+        reply = mail_from(client, addr="192.0.2.30")
         elapsed = time.monotonic() - started
     assert_reply(reply, "dns_tempfail")
     assert elapsed < 2 + 1  # dns_budget plus slack: never the MTA's 30 s
@@ -118,7 +118,7 @@ def test_dns_failure_can_be_set_to_accept(tmp_path: Path, faulty_dns: FakeDns,
     faulty_dns.servfail("30.2.0.192.in-addr.arpa")
     process = faulty_milter(tmp_path, faulty_dns, fresh_milter, failure_action="accept")
     with process.client() as client:
-        assert drive(client, Scenario("", "mail", addr="192.0.2.30")).passed
+        assert mail_from(client, addr="192.0.2.30").passed
     assert "check=rdns" in process.wait_for_log("event=dependency_failure")
 
 
@@ -128,6 +128,6 @@ def test_repeat_sessions_are_answered_from_the_cache(tmp_path: Path, faulty_dns:
     process = faulty_milter(tmp_path, faulty_dns, fresh_milter)
     for _ in range(3):
         with process.client() as client:
-            assert drive(client, Scenario("", "mail", addr="192.0.2.30")).passed
+            assert mail_from(client, addr="192.0.2.30").passed
     assert faulty_dns.count("30.2.0.192.in-addr.arpa") == 1
     assert faulty_dns.count("30.2.0.192.bl.test") == 1

@@ -1,4 +1,5 @@
-"""Every envelope-stage catalogue row, over the milter protocol, from a real milter process.
+"""The golden envelope sessions over the milter protocol, from a real milter process, and
+the process itself (reload, stop, start-up failures).
 
 The MTA side is policy_milter.mtaclient, which honours the negotiated no-reply and
 no-callback flags as Postfix does.  Replies are compared with the catalogue entry
@@ -10,36 +11,79 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from policy_milter import catalogue
-from policy_milter.mtaclient import Reply
+from policy_milter.mtaclient import MilterClient, Reply
+from policy_milter.stages import Stage
 from tests.conftest import FIXTURE_RULES, REPO
 from tests.milter.conftest import MilterProcess
-from tests.support.session import ROWS, Scenario, assert_reply, drive
+from tests.support import golden
+from tests.support.golden import SESSIONS, Answer
+from tests.support.session import assert_reply, mail_from
 
 MESSAGE = b"From: a@sender.example\r\nTo: postmaster@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+QUEUE_ID = {"i": "QID1"}
 
 
-@pytest.mark.parametrize("scenario", ROWS.values(), ids=ROWS.keys())
-def test_catalogue_row_over_the_wire(milter: MilterProcess, scenario: Scenario) -> None:
+def answer(reply: Reply, dropped: Sequence[str] = ()) -> Answer:
+    """The milter's reply as the table states answers."""
+    if reply.action == "replycode":
+        return Answer.reply(reply.code, reply.enhanced, reply.text, dropped)
+    return Answer(golden.OK if reply.passed else reply.action, dropped=tuple(dropped))
+
+
+def play(client: MilterClient, session: golden.Session, step: golden.Step) -> Answer:
+    """One step, sent as Postfix sends it."""
+    match step.stage:
+        case Stage.HELO:
+            return answer(client.helo(step.arg))
+        case Stage.MAIL:
+            return answer(client.mail(step.arg, *step.params,
+                                      macros={"{auth_authen}": session.login, "i": ""}))
+        case Stage.RCPT:
+            return answer(client.rcpt(step.arg, macros=QUEUE_ID))
+        case Stage.DATA:
+            return answer(client.data(macros=QUEUE_ID))
+        case Stage.EOM:
+            result = client.message(session.message(step).raw, macros={"eom": QUEUE_ID})
+            if isinstance(result, Reply):  # the milter ended the message before its end
+                return answer(result)
+            return answer(result.reply, [args[0] for name, args in result.modifications
+                                         if name == "delrcpt"])
+        case Stage.UNKNOWN:
+            return answer(client.unknown(step.arg))
+    raise AssertionError(f"{step.where}: the wire replayer cannot play {step.command!r}")
+
+
+def replay(milter: MilterProcess, session: golden.Session) -> None:
     with milter.client() as client:
-        assert_reply(drive(client, scenario), scenario.entry)
+        connected = client.connect(session.hostname, session.addr, 40000,
+                                   macros={"{daemon_name}": session.listener})
+        assert connected.passed, connected
+        for step in session.steps:
+            session.check(step, play(client, session, step))
+
+
+@pytest.mark.parametrize("session", SESSIONS.values(), ids=SESSIONS.keys())
+def test_golden_session_over_the_wire(milter: MilterProcess, session: golden.Session) -> None:
+    replay(milter, session)
 
 
 def test_every_envelope_row_is_covered() -> None:
-    rows = {catalogue.get(s.entry).row for s in ROWS.values()}
+    rows = {catalogue.get(name).row for s in SESSIONS.values() for name in s.entries}
     assert rows >= {1, 2, 3, 4, 5, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-                    26, 32, 33, 34}
+                    26, 30, 32, 33, 34}
 
 
 def test_clean_message_is_accepted_with_its_header(milter: MilterProcess) -> None:
     with milter.client() as client:
-        drive(client, Scenario("", "mail", sender="<a@tagged.example>"))
+        assert mail_from(client, "<a@tagged.example>").passed
         assert client.rcpt("<postmaster@example.com>").passed
         assert client.data().passed
         result = client.message(MESSAGE)
@@ -50,7 +94,7 @@ def test_clean_message_is_accepted_with_its_header(milter: MilterProcess) -> Non
 
 def test_discard_whole_message_30(milter: MilterProcess) -> None:
     with milter.client() as client:
-        reply = drive(client, Scenario("", "mail", sender="<a@discard.example>"))
+        reply = mail_from(client, "<a@discard.example>")
     assert reply.action == "discard"
     line = milter.wait_for_log("sender=a@discard.example")
     assert "action=discard" in line and catalogue.get("deleted_by_filter").text in line
@@ -58,7 +102,7 @@ def test_discard_whole_message_30(milter: MilterProcess) -> None:
 
 def test_discard_one_recipient_30(milter: MilterProcess) -> None:
     with milter.client() as client:
-        drive(client, Scenario("", "mail"))
+        assert mail_from(client).passed
         assert client.rcpt("<trap@example.com>").passed
         assert client.rcpt("<postmaster@example.com>").passed
         client.data()
@@ -69,7 +113,7 @@ def test_discard_one_recipient_30(milter: MilterProcess) -> None:
 
 def test_transactions_reset_within_a_connection(milter: MilterProcess) -> None:
     with milter.client() as client:
-        drive(client, Scenario("", "mail"))
+        assert mail_from(client).passed
         for i in range(5):
             assert client.rcpt(f"<u{i}@catchall.example>").passed
         client.abort()
@@ -79,7 +123,7 @@ def test_transactions_reset_within_a_connection(milter: MilterProcess) -> None:
 
 def test_decision_log_names_the_rule(milter: MilterProcess) -> None:
     with milter.client() as client:
-        drive(client, Scenario("", "mail", addr="192.0.2.66"))
+        assert_reply(mail_from(client, addr="192.0.2.66"), "access_denied")
     line = milter.wait_for_log("client=192.0.2.66")
     access = FIXTURE_RULES / "access"
     assert f"rule={access}:1" in line
@@ -95,26 +139,31 @@ def test_negotiation_asks_only_for_what_it_needs(milter: MilterProcess) -> None:
 
 # --- the process: reload, stop, start-up failures -----------------------------
 
+def three_recipients(process: MilterProcess) -> Reply:
+    """The reply to the third recipient of a message (the first two pass)."""
+    with process.client() as client:
+        assert mail_from(client).passed
+        first, second, third = (client.rcpt(f"<u{i}@catchall.example>") for i in range(3))
+        assert first.passed and second.passed
+        return third
+
+
 def test_sighup_reloads_and_keeps_old_rules_on_error(
         fresh_milter: Callable[..., MilterProcess], make_rules: Callable[..., Path]) -> None:
     rules = make_rules()
     process = fresh_milter(rules)
-    six = Scenario("", "rcpt", rcpts=tuple(f"<u{i}@catchall.example>" for i in range(3)))
-    with process.client() as client:
-        assert drive(client, six).passed
+    assert three_recipients(process).passed
     conf = rules / "policy.conf"
     conf.write_text(conf.read_text().replace("max_recipients = 5", "max_recipients = 2"))
     process.proc.send_signal(1)
     process.wait_for_log("event=reload status=ok")
-    with process.client() as client:
-        assert_reply(drive(client, six), "too_many_recipients")
+    assert_reply(three_recipients(process), "too_many_recipients")
     conf.write_text(conf.read_text() + "bogus = 1\n")
     process.proc.send_signal(1)
     error = process.wait_for_log("event=reload_error")
     assert f"{conf}:" in error and "unknown setting 'bogus'" in error
     process.wait_for_log("status=failed")
-    with process.client() as client:
-        assert_reply(drive(client, six), "too_many_recipients")  # the last good rules
+    assert_reply(three_recipients(process), "too_many_recipients")  # the last good rules
     assert process.proc.poll() is None
 
 
@@ -150,16 +199,10 @@ def test_check_command() -> None:
 
 def test_concurrent_connections(milter: MilterProcess) -> None:
     """libmilter runs each connection in its own thread: sessions must not mix."""
-    cases = [ROWS["21 unknown local user"], ROWS["16 relay"], ROWS["19a black list"],
-             ROWS["25 too many recipients"]] * 12
-
-    def one(scenario: Scenario) -> tuple[str, str]:
-        with milter.client() as client:
-            return drive(client, scenario).line, catalogue.get(scenario.entry).reply_line()
-
+    cases = [SESSIONS[name] for name in ("21 unknown local user", "16 relay", "19a black list",
+                                         "25 too many recipients")] * 12
     with ThreadPoolExecutor(max_workers=24) as pool:
-        results = list(pool.map(one, cases))
-    assert all(got == want for got, want in results), results
+        list(pool.map(partial(replay, milter), cases))  # re-raises a session's failure
 
 
 def test_unix_socket_has_the_requested_mode(milter: MilterProcess) -> None:
@@ -170,7 +213,7 @@ def test_unix_socket_has_the_requested_mode(milter: MilterProcess) -> None:
 def test_sigterm_lets_open_sessions_finish(fresh_milter: Callable[..., MilterProcess]) -> None:
     process = fresh_milter(FIXTURE_RULES)
     with process.client() as client:
-        assert drive(client, Scenario("", "mail")).passed
+        assert mail_from(client).passed
         process.proc.send_signal(15)
         process.wait_for_log("event=stop signal=SIGTERM open_sessions=1")
         assert client.rcpt("<postmaster@example.com>").passed
