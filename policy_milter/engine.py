@@ -21,7 +21,7 @@ from . import catalogue
 from .addresses import client_ip
 from .checks import access, protocol
 from .checks.base import Check, Context, NotChecked
-from .checks.order import ACTIONS, ORDER, SKIPPABLE
+from .checks.order import ACTIONS, ORDER
 from .decision import CONTINUE, Action, Decision
 from .envelope import Directory
 from .log import DecisionLog
@@ -411,8 +411,7 @@ class Session:
         if txn is not None:
             txn.queue_id = queue_id or txn.queue_id
             txn.size += 2  # the empty line after the header
-        # Message-wide checks skip what white entries skipped for every recipient.
-        ctx = self._context(frozenset(n for n in SKIPPABLE if txn and txn.skips(n)))
+        ctx = self._context(txn.message_bypass() if txn else frozenset())
         try:
             decision = self._run(Stage.EOM, ctx, started)
             if decision.stops or txn is None:

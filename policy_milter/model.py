@@ -62,12 +62,13 @@ class Transaction:
         self.recipients.append(rcpt)
         self.rcpt_bypass[rcpt] = bypass
 
-    def skips(self, check: str) -> bool:
-        """A message-wide check is skipped when a white entry at MAIL said so, or when
-        one at RCPT said so for every recipient (one recipient's white entry never
-        spares the others)."""
-        return check in self.bypass or bool(self.recipients) and all(
-            check in self.rcpt_bypass.get(r, self.bypass) for r in self.recipients)
+    def message_bypass(self) -> frozenset[str]:
+        """What message-wide checks skip: what a white entry at MAIL said, and what one
+        at RCPT said for every recipient (one recipient's entry never spares the others)."""
+        if not self.recipients:
+            return self.bypass
+        return self.bypass | frozenset.intersection(
+            *(self.rcpt_bypass.get(r, self.bypass) for r in self.recipients))
 
     def skips_for(self, rcpt: Resolved, check: str) -> bool:
         """A per-recipient check (challenge-response) is skipped for this recipient."""

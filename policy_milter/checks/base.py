@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .. import catalogue
@@ -50,6 +49,7 @@ class Context:
     bypass: frozenset[str] = frozenset()
     command: str = ""  # an unknown command, as the MTA passed it
     _values: dict[str, Any] | None = field(default=None, repr=False)
+    _facts: MessageFacts | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> Settings:
@@ -91,11 +91,13 @@ class Context:
         assert self.txn is not None
         return self.txn.sender
 
-    @cached_property
+    @property
     def facts(self) -> MessageFacts | None:
-        """The message's contents for content rules, when it was kept."""
+        """The message's contents for content rules, when it was kept (worked out once)."""
         message = self.txn.message if self.txn else None
-        return MessageFacts(message, self.settings.content_max_size) if message else None
+        if message is not None and self._facts is None:
+            self._facts = MessageFacts(message, self.settings.content_max_size)
+        return self._facts
 
     def rule_values(self) -> dict[str, Any]:
         """The facts rule conditions match against, built once per evaluation."""
