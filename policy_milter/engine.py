@@ -1,9 +1,11 @@
 """The policy engine: walks each stage's checks, first decisive answer wins.
 
 Pure: it never imports pymilter.  The adapter calls one Session method per milter
-callback and turns the returned Decision into a reply.  A check that raises
-DependencyError gets the configured failure action; any other exception becomes a
-logged tempfail, never a crash and never a silent pass.
+callback and turns the returned Decision into a reply.  The engine alone decides what
+a check's trouble means: DependencyError (something it depends on failed) gets the
+failure setting the check declares, NotChecked (the message is too big to check whole)
+gets ``unscannable_action``, and any other exception becomes a logged tempfail, never a
+crash and never a silent pass.
 """
 
 from __future__ import annotations
