@@ -397,6 +397,22 @@ def test_clean_message_arrives_once_with_the_spam_headers(site: Site) -> None:
     assert float(score) < 5.0
 
 
+def test_a_message_too_big_to_check_arrives_saying_so(site: Site) -> None:
+    """Over spam_max_size (the default 2M) spamd is not asked; under the default
+    unscannable_action the message arrives, its X-Policy-Unchecked header saying why."""
+    tag = marker()
+    line = "y" * 78 + "\r\n"
+    body = line * (2 * 1024**2 // len(line) + 100)
+    with client(site.postfix) as s:
+        accepted(send(s, "a@sender.example", ("big@catchall.example",),
+                      message(tag, to="big@catchall.example", body=body)))
+    copy, = site.postfix.deliveries_of(tag)
+    unchecked, = copy.message.get_all("X-Policy-Unchecked")
+    assert re.fullmatch(r"spam: message of \d+ bytes is over spam_max_size \(2097152\)",
+                        unchecked), unchecked
+    assert copy.message.get_all("X-Spam-Status") is None  # not scanned, not pretended
+
+
 def test_scanner_tempfail_at_end_of_message_leaves_nothing(faulty: Site) -> None:
     """clamd never answers (clamd_timeout = 2): 451 4.3.0 after DATA, and Postfix keeps no
     copy, neither delivered nor queued (the client will send it again)."""
