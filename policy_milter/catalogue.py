@@ -1,9 +1,10 @@
 """Every reply policy-milter can send, by name: the single source of reply text.
 
 Rule files, checks and the adapter refer to entries by name; nothing else spells out
-a reply.  Rows 1-34 follow the seed FAQ (``shared/CATALOGUE.md`` numbers them), the
-temporary failures are ours.  The table is validated when this module is imported, so
-a malformed entry stops the program before it can reach an MTA.
+a reply.  Rows 1-34 follow the seed FAQ, in its order (tests/fixtures/seed_rows.tsv
+keeps its rows and cites it); the temporary failures are ours.  The table is validated
+when this module is imported, so a malformed entry stops the program before it can
+reach an MTA.
 """
 
 from __future__ import annotations
