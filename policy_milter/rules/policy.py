@@ -15,9 +15,10 @@ from pathlib import Path
 from ..checks.order import SKIPPABLE, skippable_after
 from ..services.dns import DnsConfig
 from ..stages import Stage
-from . import settings as settings_module
 from .rulelist import RuleIndex, RuleList, RuleListParser
+from .settings import NAMES as SETTING_NAMES
 from .settings import Settings
+from .settings import parse as parse_settings
 from .source import Errors, Line, read_lines
 from .tables import Tables
 
@@ -91,7 +92,7 @@ class _Loader:
             name = name.strip()
             if not eq or not name.isidentifier():
                 self.errors.add(line.where, "expected 'name = value' or 'include FILE'")
-            elif name not in settings_module.NAMES and name not in TABLE_FILES \
+            elif name not in SETTING_NAMES and name not in TABLE_FILES \
                     and name not in RULE_FILES:
                 self.errors.add(line.where, f"unknown setting '{name}'")
             elif name in self.raw:
@@ -116,8 +117,8 @@ class _Loader:
 
     def settings(self) -> tuple[Settings | None, dict[str, str]]:
         raw = {name: (text, line.where) for name, (text, line) in self.raw.items()
-               if name in settings_module.NAMES}
-        return settings_module.parse(raw, self.errors.add)
+               if name in SETTING_NAMES}
+        return parse_settings(raw, self.errors.add)
 
     def file_lines(self, name: str) -> tuple[list[Line], Path] | None:
         if name not in self.raw or not self.raw[name][0]:
