@@ -1,9 +1,10 @@
 """The message as the MTA hands it over, kept once: in memory while small, on disk after.
 
-Scanners read it back as a stream from the start, so a 25 MB message costs a spool
-file, not 25 MB (or twice that) of memory.  Header fields are also kept decoded for
-the content rules, within bounds: a hostile message cannot make them grow without
-limit, and undecodable bytes never raise.
+Scanners and the content rules read it back as a stream from the start, so a 25 MB
+message costs a spool file, not 25 MB (or twice that) of memory.  Besides, the first
+value of the few header fields the milter itself acts on (challenge exemptions, the
+spam subject tag) is kept, bounded: a hostile message cannot make them grow, and
+undecodable bytes never raise.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import tempfile
 from typing import BinaryIO
 
 SPOOL_THRESHOLD = 1 << 20  # bytes kept in memory before the message moves to a file
-MAX_FIELDS = 1000  # header fields kept for rules (all of them still reach the scanners)
-MAX_FIELD = 64 * 1024  # characters of one field value kept for rules
+KEPT = frozenset({"subject", "list-id", "precedence", "auto-submitted"})
+MAX_KEPT = 64 * 1024  # characters of one kept field value
 
 
 class MessageBuffer:
@@ -21,16 +22,16 @@ class MessageBuffer:
 
     def __init__(self, threshold: int = SPOOL_THRESHOLD) -> None:
         self._spool = tempfile.SpooledTemporaryFile(max_size=threshold, prefix="policy-milter-")
-        self.fields: list[tuple[str, str]] = []
+        self._first: dict[str, str] = {}
         self.size = 0
         self._body_started = False
 
     def header(self, name: str, value: bytes) -> None:
         raw = name.encode("utf-8", "surrogateescape") + b": " + value + b"\r\n"
         self._write(raw)
-        if len(self.fields) < MAX_FIELDS:
-            text = value.decode("utf-8", "surrogateescape")[:MAX_FIELD]
-            self.fields.append((name, text))
+        low = name.lower()
+        if low in KEPT and low not in self._first:
+            self._first[low] = value[:MAX_KEPT].decode("utf-8", "replace")
 
     def body(self, chunk: bytes) -> None:
         if not self._body_started:
@@ -50,9 +51,11 @@ class MessageBuffer:
         return self._spool  # type: ignore[return-value]
 
     def first(self, name: str) -> str | None:
-        """The first field of that name, as received (case-insensitive name)."""
+        """The first field of that name (one of ``KEPT``), as received."""
         low = name.lower()
-        return next((v for n, v in self.fields if n.lower() == low), None)
+        if low not in KEPT:
+            raise KeyError(f"{name} is not a header field the buffer keeps")
+        return self._first.get(low)
 
     def close(self) -> None:
         self._spool.close()

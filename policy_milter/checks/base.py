@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import catalogue
-from ..content import MessageFacts
+from ..content import ScanResult, scan
 from ..decision import Action, Decision
 from ..envelope import Resolved
 from ..log import DecisionLog
@@ -49,7 +49,7 @@ class Context:
     bypass: frozenset[str] = frozenset()
     command: str = ""  # an unknown command, as the MTA passed it
     _values: dict[str, Any] | None = field(default=None, repr=False)
-    _facts: MessageFacts | None = field(default=None, repr=False)
+    _facts: ScanResult | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> Settings:
@@ -92,11 +92,12 @@ class Context:
         return self.txn.sender
 
     @property
-    def facts(self) -> MessageFacts | None:
-        """The message's contents for content rules, when it was kept (worked out once)."""
+    def facts(self) -> ScanResult | None:
+        """What the content rules look at, from one pass over the kept message."""
         message = self.txn.message if self.txn else None
         if message is not None and self._facts is None:
-            self._facts = MessageFacts(message, self.settings.content_max_size)
+            self._facts = scan(message.open(), self.policy.content_patterns,
+                               self.policy.content_limits)
         return self._facts
 
     def rule_values(self) -> dict[str, Any]:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import glob
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from ..checks.order import SKIPPABLE, skippable_after
+from ..content import ContentPatterns
+from ..content import Limits as ContentLimits
 from ..services.dns import DnsConfig
 from ..stages import Stage
 from .rulelist import RuleIndex, RuleList, RuleListParser
@@ -44,6 +48,18 @@ class Policy:
         """The rules of the list called ``name`` decided at ``stage``, if it is loaded."""
         found = next((rl for rl in self.rule_lists if rl.name == name), None)
         return found.index(stage) if found else None
+
+    @cached_property
+    def content_patterns(self) -> tuple[ContentPatterns[Any], ...]:
+        """Every content pattern set of the end-of-message rules: what a scan tests."""
+        return tuple(c.patterns for rl in self.rule_lists for r in rl.eom.rules
+                     for c in r.conditions if isinstance(c.patterns, ContentPatterns))
+
+    @property
+    def content_limits(self) -> ContentLimits:
+        s = self.settings
+        return ContentLimits(s.content_max_size, s.mime_max_depth, s.archive_max_depth,
+                             s.archive_max_entries, s.archive_max_size, s.content_timeout)
 
     @property
     def dns_config(self) -> DnsConfig:

@@ -23,6 +23,7 @@ from typing import Any
 from .. import catalogue
 from ..catalogue import Entry, Kind
 from ..content import (
+    ArchivePatterns,
     AttachmentPatterns,
     BodyPatterns,
     ContentPatterns,
@@ -45,10 +46,11 @@ FIELDS: dict[str, Callable[[], PatternSet[None] | ContentPatterns[None]]] = {
     "body": BodyPatterns,
     "attachment": AttachmentPatterns,
     "mime_type": MimeTypePatterns,
+    "archive": ArchivePatterns,
 }
 # Conditions on the message itself: their rules are decided at end of message, and a
 # bare `reject` there is the content filter's reply.
-CONTENT_FIELDS = frozenset({"header", "body", "attachment", "mime_type"})
+CONTENT_FIELDS = frozenset({"header", "body", "attachment", "mime_type", "archive"})
 _WHOLE_VALUE = frozenset({"header", "body"})  # a regex may hold commas
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 # What a white entry skips when it names nothing: the black lists, local and DNS.
@@ -96,6 +98,13 @@ class RuleIndex:
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
+        # Content kinds the rules before each position read: if the first rule that
+        # matches comes after one that needed content the scan did not see, the walk
+        # cannot be trusted.
+        self.content_before: list[frozenset[str]] = [frozenset()]
+        for rule in rules:
+            fields = {c.field for c in rule.conditions} & CONTENT_FIELDS
+            self.content_before.append(self.content_before[-1] | fields)
         self._scan: list[int] = []
         self._by_field: dict[str, PatternSet[int]] = {}
         for number, rule in enumerate(rules):
@@ -110,6 +119,11 @@ class RuleIndex:
 
     def first(self, values: Mapping[str, object]) -> Rule | None:
         """The first rule, in file order, whose conditions all match."""
+        number = self.first_number(values)
+        return self.rules[number] if number < len(self.rules) else None
+
+    def first_number(self, values: Mapping[str, object]) -> int:
+        """The position of the first matching rule; ``len(rules)`` when none matches."""
         candidates = set(self._scan)
         for field, index in self._by_field.items():
             value = values.get(field)
@@ -117,8 +131,8 @@ class RuleIndex:
                 candidates.update(index.find(value))  # type: ignore[arg-type]
         for number in sorted(candidates):
             if self.rules[number].matches(values):
-                return self.rules[number]
-        return None
+                return number
+        return len(self.rules)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -220,7 +234,10 @@ class RuleListParser:
             try:
                 patterns.add(text, None)
             except PatternError as err:
-                self.errors.add(where, f"{field}: {err}")
+                # A file: list may be any file; its lines are never repeated in an error.
+                said = str(err) if where == line.where else f"this line is not a {field} " \
+                    "pattern (not shown: file: lists are never echoed)"
+                self.errors.add(where, f"{field}: {said}")
                 ok = False
         return Condition(field, tuple(t for t, _ in texts), patterns) if ok else None
 

@@ -118,6 +118,15 @@ def _delimiters(text: str) -> str:
     return "".join(dict.fromkeys(text))
 
 
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_count(text)
+        if not low <= value <= high:
+            raise ValueError(f"'{text}' must be from {low} to {high}")
+        return value
+    return parse
+
+
 def _unscannable(text: str) -> Entry | None:
     """``accept`` (None: pass, marked) or ``reject [ENTRY]`` (a 5xx sendable at end of
     message; ``content_rejected`` by default)."""
@@ -174,8 +183,15 @@ class Settings:
     rdns: str = _setting(_choice("off", "required", "forward-confirmed"), "off")
     rdns_generic_names: DomainPatterns[None] = _setting(_patterns(DomainPatterns), "")
     dnsbl_threshold: int = _setting(parse_count, "1")
-    # Content rules parse messages up to this size; larger ones are matched on headers.
+    # Content rules: the decoded text body rules read (all text parts together), how
+    # deep MIME may nest, archives inside archives, their entries and unpacked bytes,
+    # and the time one message's pass may take.  Past any of them: not fully checked.
     content_max_size: int = _setting(parse_size, "10M")
+    mime_max_depth: int = _setting(_bounded(1, 100), "100")
+    archive_max_depth: int = _setting(_bounded(1, 20), "4")
+    archive_max_entries: int = _setting(_bounded(1, 1_000_000), "10000")
+    archive_max_size: int = _setting(parse_size, "50M")
+    content_timeout: float = _setting(_seconds(300), "20")
     # A message a scanner cannot check whole (too big, or over the scanner's own limits).
     unscannable_action: Entry | None = _setting(_unscannable, "accept")
     # Virus scanning with clamd (empty: off).

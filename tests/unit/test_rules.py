@@ -317,7 +317,7 @@ def test_table_errors(tmp_path: Path, table: str, lines: list[str],
 
 ACTIONS = "permit, reject, tempfail, deny, discard, quarantine or add_header"
 FIELD_NAMES = ("client, client_name, helo, sender, recipient, listener, header, body, attachment, "
-               "mime_type, authenticated")
+               "mime_type, archive, authenticated")
 
 RULE_ERRORS = [
     ("from @spammer.example reject",
@@ -392,12 +392,26 @@ def test_bad_pattern_in_a_named_file_points_into_that_file(tmp_path: Path) -> No
     write(tmp_path / "policy.conf", ["access = lists/access"])
     with pytest.raises(RuleErrors) as info:
         policy.load(tmp_path)
+    hidden = "is not a {} pattern (not shown: file: lists are never echoed)"
     assert info.value.errors == [
-        f"{blocked}:4: client: '192.0.2.999' is not an IP address or CIDR block",
-        f"{blocked}:5: client: '2001:db8::/129' is not an IP address or CIDR block",
-        f"{senders}:2: sender: 'nobody' is not an address pattern "
-        "(use user@domain, @domain, user@ or <>)",
+        f"{blocked}:4: client: this line {hidden.format('client')}",
+        f"{blocked}:5: client: this line {hidden.format('client')}",
+        f"{senders}:2: sender: this line {hidden.format('sender')}",
     ]
+
+
+def test_a_file_list_is_never_echoed(tmp_path: Path) -> None:
+    """A file: list may name any file (a password file, say): its lines stay out of the
+    errors, whatever they hold."""
+    secret = "root:$6$salt$HASHED:19000:0:99999:7:::"
+    write(tmp_path / "shadow", [secret, "daemon:*:19000:0:99999:7:::"])
+    for field in ("client", "sender", "helo", "attachment", "listener"):
+        write(tmp_path / "access", [f"{field} file:shadow reject"])
+        write(tmp_path / "policy.conf", ["access = access"])
+        try:
+            policy.load(tmp_path)
+        except RuleErrors as err:
+            assert err.errors and not any("HASHED" in e or "daemon:" in e for e in err.errors)
 
 
 def test_every_error_in_every_file_at_once(tmp_path: Path) -> None:
@@ -426,7 +440,8 @@ def test_every_error_in_every_file_at_once(tmp_path: Path) -> None:
         f"{tmp_path / 'lists'}:1: list 'staff@example.com' needs a mode: open or members-only",
         f"{tmp_path / 'listeners'}:1: unknown word 'speedy' (expected one of: max_size=, "
         "require_auth)",
-        f"{blocked}:2: client: '192.0.2.x' is not an IP address or CIDR block",
+        f"{blocked}:2: client: this line is not a client pattern (not shown: file: lists are "
+        "never echoed)",
         f"{tmp_path / 'access'}:2: unknown action 'bounce' (expected {ACTIONS})",
         f"{tmp_path / 'access'}:3: 'helo_required' cannot be sent at RCPT "
         "(where this rule is decided)",
@@ -454,6 +469,8 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "dns_nameservers": (), "dns_port": 53, "dns_timeout": 3.0, "dns_budget": 8.0,
         "dns_min_ttl": 5, "dns_max_ttl": 86400, "dns_negative_ttl": 300, "rdns": "off",
         "dns_failure_action": "", "dnsbl_threshold": 1, "content_max_size": 10 * 1024**2,
+        "mime_max_depth": 100, "archive_max_depth": 4, "archive_max_entries": 10000,
+        "archive_max_size": 50 * 1024**2, "content_timeout": 20.0,
         "unscannable_action": None,
         "clamd": "", "clamd_timeout": 30.0, "clamd_max_size": 25 * 1024**2,
         "virus_action": "reject", "virus_failure_action": "",
