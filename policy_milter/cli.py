@@ -30,11 +30,16 @@ from .services.factory import smtp_mailer
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
+LOOPBACK = {"inet": "127.0.0.1", "inet6": "[::1]"}  # the host of inet:PORT, inet6:PORT
 EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
 
 
 def _socket_spec(text: str) -> str:
-    if re.fullmatch(r"unix:/.+|local:/.+|inet6?:\d+(@.+)?", text):
+    """A libmilter socket spec; ``inet:PORT`` means loopback, where libmilter would listen
+    on every interface."""
+    if re.fullmatch(r"inet6?:\d+", text):
+        return f"{text}@{LOOPBACK[text.partition(':')[0]]}"
+    if re.fullmatch(r"unix:/.+|local:/.+|inet6?:\d+@.+", text):
         return text
     raise argparse.ArgumentTypeError(f"'{text}' is not inet:PORT@HOST, inet6:PORT@HOST or "
                                      "unix:/PATH")
@@ -62,9 +67,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve the MTA")
     run.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     run.add_argument("--socket", type=_socket_spec, default=DEFAULT_SOCKET,
-                     help=f"where the MTA connects (default {DEFAULT_SOCKET}, loopback only)")
+                     help="where the MTA connects: inet:PORT@HOST, inet6:PORT@HOST or "
+                          "unix:/PATH; inet:PORT and inet6:PORT mean loopback "
+                          f"(default {DEFAULT_SOCKET})")
     run.add_argument("--socket-mode", type=_mode, default=0o660,
-                     help="permissions of a unix socket (default 660)")
+                     help="permissions of a unix socket (default 660); a missing directory "
+                          "for it is made 750")
     run.add_argument("--log", default="stderr",
                      help="stderr (default), syslog[:FACILITY] or file:PATH")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -167,6 +175,16 @@ def _settle() -> None:
     gc.freeze()
 
 
+def _socket_directory(directory: Path) -> None:
+    """Make a missing socket directory 0750: the owner and its group (the MTA's, as in
+    contrib/) may enter it.  An existing one keeps the modes its admin gave it."""
+    try:
+        directory.mkdir(mode=0o750, parents=True)
+    except FileExistsError:
+        return
+    os.chmod(directory, 0o750)  # what the umask took away
+
+
 class Server:
     """Runs libmilter in a thread while the main thread waits for signals.
 
@@ -189,8 +207,7 @@ class Server:
         signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         path = self.args.socket.partition(":")[2]
         if self.args.socket.startswith(("unix:", "local:")):
-            os.umask(0o777 & ~self.args.socket_mode)
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _socket_directory(Path(path).parent)
         main = threading.main_thread().ident
         worker = threading.Thread(target=self._milter, args=(serve, main), daemon=True)
         worker.start()
@@ -225,7 +242,8 @@ class Server:
 
     def _milter(self, serve: Callable[..., None], main: int | None) -> None:
         try:
-            serve(self.engine, self.args.socket, timeout=self.args.timeout)
+            serve(self.engine, self.args.socket, self.args.socket_mode,
+                  timeout=self.args.timeout)
         except Exception as err:  # bind failures and the like end the process
             self.error = err
         finally:

@@ -8,7 +8,8 @@
 (one line in the log; ``reply`` is the catalogue entry's reply line, here
 ``access_denied``'s).  Values are quoted when they need it; quotes, backslashes,
 control characters and undecodable bytes are escaped, so a hostile HELO cannot forge a
-line.  Field names never change meaning; new fields are only added at the end.
+line, and each value is cut at MAX_VALUE characters, so it cannot make a line huge either.
+Field names never change meaning; new fields are only added at the end.
 """
 
 from __future__ import annotations
@@ -30,11 +31,19 @@ if TYPE_CHECKING:  # the log only formats them; services import the log
 LOGGER = "policy_milter"
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=', '\\'
 _ESCAPE = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+MAX_VALUE = 1000  # characters of one value; the rest is replaced by a count
+MAX_TRACE = 8000  # of a traceback, for its innermost frames (error= has the error)
 
 
-def quote(value: object) -> str:
-    """A logfmt value: bare when safe, else double-quoted with escapes."""
+def quote(value: object, limit: int = MAX_VALUE) -> str:
+    """A logfmt value: bare when safe, else double-quoted with escapes.
+
+    Text beyond ``limit`` characters is cut before escaping (so never inside an escape)
+    and replaced by ``...[+N chars]``.
+    """
     text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}...[+{len(text) - limit} chars]"
     if _BARE.fullmatch(text):
         return text
     out = []
@@ -44,9 +53,16 @@ def quote(value: object) -> str:
         elif ch.isprintable():
             out.append(ch)
         else:
-            code = ord(ch)
-            out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+            out.append(_escape_code(ord(ch)))
     return '"' + "".join(out) + '"'
+
+
+def _escape_code(code: int) -> str:
+    """An undecodable byte (a lone surrogate from surrogateescape) as ``\\xHH``, any other
+    character by its code point, in as many digits as Python's escapes take."""
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def fields(**values: Any) -> str:
@@ -91,11 +107,13 @@ class DecisionLog:
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
             detail=quarantine))
 
-    def internal_error(self, stage: Stage, conn: Connection, txn: Transaction | None,
+    def internal_error(self, stage: Stage | None, conn: Connection, txn: Transaction | None,
                        err: BaseException) -> None:
+        """``stage`` None: raised where the stage is not known (in pymilter's C layer)."""
         trace = "".join(traceback.format_exception(err)).strip()
-        self.logger.error(fields(event="internal_error", stage=stage.value,
-                                 **self._session(conn, txn), error=repr(err), trace=trace))
+        self.logger.error(fields(event="internal_error", stage=stage.value if stage else "",
+                                 **self._session(conn, txn), error=repr(err))
+                          + f" trace={quote(trace, MAX_TRACE)}")
 
     def dependency_failure(self, check: str, service: str, conn: Connection,
                            txn: Transaction | None, detail: str, action: str, rule: str) -> None:

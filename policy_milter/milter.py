@@ -2,13 +2,26 @@
 
 It translates callbacks into Session calls and Decisions into replies, and negotiates
 with the MTA only the callbacks, replies, actions and macros the loaded policy needs.
+
+Bytes from the MTA reach the engine as UTF-8 decoded with ``surrogateescape``, whatever
+they are, so that its parsers see undecodable bytes and refuse them with a catalogue
+reply.  pymilter 1.0.5 hands MAIL and RCPT arguments to Milter.Base.envfrom_bytes and
+envrcpt_bytes, which decode them so, and header values as bytes; macro values it decodes
+as strict UTF-8, but the error carries the bytes.  HELO names, unknown commands, header
+names and the client's host name it decodes as strict UTF-8 in C before any callback
+runs, and answers bytes that are not UTF-8 with its own ``451 4.3.0 pymilter: untrapped
+exception``: those errors are logged (_log_untrapped), but cannot get a catalogue reply.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import socket
+import sys
+import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import Milter
@@ -43,6 +56,15 @@ MACROS = {
     Milter.M_DATA: "i",
     Milter.M_EOM: "i",
 }
+# pymilter gives each MTA connection a Python thread state of its own, so this holds the
+# connection's session in whichever libmilter thread serves it.
+_connection = threading.local()
+
+
+def _text(value: str | bytes) -> str:
+    """What the MTA sent, as the engine reads it: bytes that are not UTF-8 become lone
+    surrogates, which its parsers treat as control characters."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _safe(stage: Stage) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -69,6 +91,7 @@ class PolicyMilter(Milter.Base):
         self.session = engine.session()
         self.log: DecisionLog = engine.log
         self._protocol = 0
+        _connection.session = self.session
 
     def negotiate(self, opts: list[int]) -> int:
         needs = self.session.plan.needs
@@ -94,7 +117,10 @@ class PolicyMilter(Milter.Base):
         return Milter.CONTINUE
 
     def _macro(self, name: str) -> str:
-        return self.getsymval(name) or ""
+        try:
+            return self.getsymval(name) or ""
+        except UnicodeDecodeError as err:  # pymilter's strict decoding: err has the bytes
+            return _text(err.object)
 
     def _answer(self, decision: Decision, stage: Stage) -> int:
         """The reply for a stage's decision.  Anything that is not continue, reject,
@@ -126,8 +152,8 @@ class PolicyMilter(Milter.Base):
         return self._answer(decision, Stage.CONNECT)
 
     @_safe(Stage.HELO)
-    def hello(self, name: str) -> int:
-        decision = self.session.helo(name, bool(self._macro("{tls_version}")))
+    def hello(self, name: str | bytes) -> int:
+        decision = self.session.helo(_text(name), bool(self._macro("{tls_version}")))
         return self._answer(decision, Stage.HELO)
 
     @_safe(Stage.MAIL)
@@ -145,10 +171,8 @@ class PolicyMilter(Milter.Base):
         return self._answer(self.session.data(self._macro("i")), Stage.DATA)
 
     @_safe(Stage.HEADER)
-    def header_bytes(self, name: bytes | str, value: bytes) -> int:
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "surrogateescape")
-        self.session.header(name, value)
+    def header_bytes(self, name: str | bytes, value: bytes) -> int:
+        self.session.header(_text(name), value)
         return self._answer(Decision(Action.CONTINUE), Stage.HEADER)
 
     @_safe(Stage.BODY)
@@ -158,9 +182,7 @@ class PolicyMilter(Milter.Base):
 
     @_safe(Stage.UNKNOWN)
     def unknown(self, command: str | bytes) -> int:
-        if isinstance(command, bytes):
-            command = command.decode("utf-8", "surrogateescape")
-        return self._answer(self.session.unknown(command), Stage.UNKNOWN)
+        return self._answer(self.session.unknown(_text(command)), Stage.UNKNOWN)
 
     @_safe(Stage.EOM)
     def eom(self) -> int:
@@ -185,10 +207,38 @@ class PolicyMilter(Milter.Base):
         return Milter.CONTINUE
 
 
-def serve(engine: Engine, socket_spec: str, name: str = "policy-milter",
+def _log_untrapped(log: DecisionLog) -> Callable[..., None]:
+    """A sys.excepthook for the errors pymilter's C layer raises before a callback runs,
+    which it prints with PyErr_Print() and answers with its own tempfail: they are logged
+    like any internal error, with the session they happened in (and so the bytes that
+    were not UTF-8, which the error carries)."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], err: BaseException,
+             trace: TracebackType | None) -> None:
+        session = getattr(_connection, "session", None)
+        if session is None:  # not in an MTA connection
+            previous(kind, err, trace)
+        else:
+            log.internal_error(None, session.conn, session.txn, err)
+    return hook
+
+
+def serve(engine: Engine, socket_spec: str, socket_mode: int, name: str = "policy-milter",
           timeout: int = 600) -> None:
-    """Serve until the process ends; blocks the calling thread."""
+    """Serve until the process ends; blocks the calling thread.
+
+    The socket is opened before libmilter's loop starts, so that a unix socket gets
+    ``socket_mode`` by chmod and the process umask is never touched.
+    """
     Milter.factory = lambda: PolicyMilter(engine)
     libmilter.set_exception_policy(Milter.TEMPFAIL)
+    sys.excepthook = _log_untrapped(engine.log)
+    libmilter.register(name)  # libmilter opens sockets for a registered milter only
+    libmilter.setconn(socket_spec)
+    libmilter.opensocket(True)  # replaces a stale socket; runmilter's own is then a no-op
+    kind, _, path = socket_spec.partition(":")
+    if kind in ("unix", "local"):
+        os.chmod(path, socket_mode)
     Milter.runmilter(name, socket_spec, timeout)
 
