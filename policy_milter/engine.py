@@ -78,7 +78,8 @@ class Plan:
                 index = policy.rules(spec.name, spec.stage)
                 if not index:
                     continue
-                checks[spec.stage].append(Check(spec.name, spec.stage, access.walk(index)))
+                checks[spec.stage].append(Check(spec.name, spec.stage, access.walk(index),
+                                                evidence=True))
                 needs |= access.needs(index, spec.stage)
                 continue
             if not spec.enabled(policy):
@@ -243,6 +244,9 @@ class Session:
             if monitored:
                 decision = dataclasses.replace(decision, monitor=True)
             self.log.decision(stage, self.conn, self.txn, ctx.rcpt, decision, started)
+            if monitored or (check.evidence and decision.action in (Action.QUARANTINE,
+                                                                    Action.ADD_HEADER)):
+                ctx.mark(f"{check.name} {decision.rule}")
             if monitored:
                 continue
             if decision.action is Action.PERMIT:

@@ -54,6 +54,7 @@ class Transaction:
     rcpt_bypass: dict[Resolved, frozenset[str]] = field(default_factory=dict)  # ... at RCPT
     deferred: list[Decision] = field(default_factory=list)  # quarantine / add-header for eom
     unchecked: list[str] = field(default_factory=list)  # checks that could not look, and why
+    marks: list[str] = field(default_factory=list)  # evidence against it: never challenged
     size: int = 0  # header + body octets counted so far
     message: MessageBuffer | None = None  # kept only when a content check will read it
 

@@ -81,6 +81,12 @@ class Context:
             future = self.conn.lookups[k] = self.live.dns.submit(name, rdtype)
         return future
 
+    def mark(self, evidence: str) -> None:
+        """Note evidence against the message (a DNS listing, a spam score, a rule that
+        tags it): such mail is never challenged."""
+        if self.txn is not None:
+            self.txn.marks.append(evidence)
+
     @property
     def trusted(self) -> bool:
         """Authenticated, or in the relay networks: allowed to relay and to use local senders."""
@@ -127,6 +133,7 @@ class Check:
     stage: Stage
     run: Callable[[Context], Decision | None]
     failure: str = "failure_action"
+    evidence: bool = False  # its tags and quarantines mark the message (the rule lists)
 
 
 def reject(entry: str, check: str, rule: str, detail: str = "") -> Decision:

@@ -1,12 +1,17 @@
 """Row 31: challenge-response for protected recipients.
 
 Mail to a protected recipient from a sender not on its allow list is held (the copy
-for that recipient is dropped from the MTA's message and kept in the store), and the
+for that recipient is dropped from the MTA's message and kept in the store).  The
 sender gets one challenge per (recipient, sender) pair, sent from the null sender so
-that it cannot loop.  The answer is a message to the challenge address with the token
-(``challenge+TOKEN@example.com``): it allow-lists the sender and re-injects the held
-messages through the MTA, where they now pass.  Null senders, mailing lists and
-automatic replies are never challenged (no backscatter): they are delivered.
+that it cannot loop, but only when the evidence says the sender is genuine: SPF passes
+for its domain from this client (or it is already on someone's allow list), nothing
+marked the message (a DNS listing, a spam score, a rule that tags it), and neither the
+client nor the sender's domain has had ``challenge_limit`` challenges lately.  Forged
+senders therefore get nothing (no backscatter): their mail stays held, unchallenged,
+until an admin releases it or it expires.  The answer is a message to the challenge
+address with the token (``challenge+TOKEN@example.com``): it allow-lists the sender and
+re-injects the held messages through the MTA, where they now pass.  Null senders,
+mailing lists and automatic replies are never challenged nor held: they are delivered.
 """
 
 from __future__ import annotations
@@ -91,15 +96,45 @@ def _hold(ctx: Context, store: ChallengeStore, rcpt: Resolved) -> None:
     (``user+tag`` is ``user``).  The sender is kept as given: the challenge must reach
     exactly the address that wrote, and the answer come back from it."""
     assert ctx.txn is not None and ctx.txn.message is not None
-    entry, new = store.hold(rcpt.mailbox, ctx.txn.sender.key, ctx.txn.message.open())
+    entry, unchallenged = store.hold(rcpt.mailbox, ctx.txn.sender.key, ctx.txn.message.open())
+    withheld = _withheld(ctx, store) if unchallenged else "a challenge is already out"
     ctx.log.event("challenge_held", qid=ctx.txn.queue_id, id=entry.id, sender=entry.sender,
-                  rcpt=entry.recipient, new_challenge="yes" if new else "no")
-    if new:
-        challenge = challenge_message(ctx.settings.challenge_address, entry)
-        mailer, log = ctx.mailer, ctx.log
-        assert mailer is not None
-        ctx.services.run_later(lambda: _send(mailer, log, "challenge_sent", "", [entry.sender],
-                                             challenge, entry.id))
+                  rcpt=entry.recipient, challenge="no" if withheld else "yes",
+                  detail=withheld)
+    if withheld:
+        return
+    challenge = challenge_message(ctx.settings.challenge_address, entry)
+    mailer, log = ctx.mailer, ctx.log
+    assert mailer is not None
+
+    def send() -> None:
+        if _send(mailer, log, "challenge_sent", "", [entry.sender], challenge, entry.id):
+            store.challenged(entry.token)
+    ctx.services.run_later(send)
+
+
+def _withheld(ctx: Context, store: ChallengeStore) -> str:
+    """Why no challenge may go to this sender ('' when one may): only a sender the
+    evidence says is genuine gets one, and only so many per client and sender domain."""
+    assert ctx.txn is not None and ctx.live.spf is not None
+    txn, conn, settings = ctx.txn, ctx.conn, ctx.settings
+    if txn.marks:
+        return f"the message is marked ({'; '.join(txn.marks)})"
+    if not store.known(txn.sender.key):
+        if conn.client_addr is None:
+            return "no client address to check SPF for"
+        result = ctx.live.spf.check(str(conn.client_addr), txn.sender.key, conn.helo or "")
+        if result != "pass":
+            return f"SPF {result} for {txn.sender.address.domain} from {conn.client_addr}"
+    count, window = settings.challenge_limit
+    keys = (f"challenge:client:{conn.client_addr}",
+            f"challenge:domain:{txn.sender.address.domain}")
+    rates = ctx.services.rates
+    if any(rates.total(key, window) >= count for key in keys):
+        return f"challenge_limit ({count} per {window} s) reached for this client or domain"
+    for key in keys:
+        rates.record(key, 1)
+    return ""
 
 
 def _answered(ctx: Context, store: ChallengeStore, released: list[Held]) -> None:

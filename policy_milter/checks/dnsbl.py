@@ -120,6 +120,7 @@ def check(ctx: Context) -> Decision | None:
         raise failures[0][1]
     if not blocks:
         return None
+    ctx.mark(f"listed in {', '.join(z.zone for z, _, _ in blocks)}")
     monitor = not decided
     if monitor and sum(z.weight for z, _, _ in blocks) < ctx.settings.dnsbl_threshold:
         return None

@@ -29,6 +29,8 @@ def check(ctx: Context) -> Decision | None:
         return Decision(Action.REJECT, catalogue.get("spam_rejected"),
                         rule=where["spam_reject_score"], check=CHECK, detail=detail)
     spam = result.score >= settings.spam_tag_score
+    if spam:
+        ctx.mark(f"spam score {result.score:.1f}")
     status = f"{'Yes' if spam else 'No'}, score={result.score:.1f} " \
              f"required={settings.spam_tag_score:.1f} tests={tests or 'none'}"
     return Decision(Action.ADD_HEADER, rule=where["spam_tag_score"], check=CHECK,

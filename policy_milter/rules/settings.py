@@ -18,7 +18,7 @@ from .. import catalogue
 from ..catalogue import Entry, Kind
 from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
 from ..stages import Stage
-from .source import parse_bool, parse_count, parse_size
+from .source import parse_bool, parse_count, parse_rate, parse_size
 
 INHERIT = ""  # a *_failure_action left empty follows failure_action
 
@@ -215,6 +215,8 @@ class Settings:
     challenge_address: str = _setting(_address, "")
     challenge_smtp: tuple[str, int] = _setting(_host_port, "127.0.0.1:25")
     challenge_expire: float = _setting(_duration, "7d")
+    # At most this many challenges per client address and per sender domain.
+    challenge_limit: tuple[int, int] = _setting(parse_rate, "10/1h")
 
     def failure(self, setting: str) -> str:
         """What a dependency failure means for a check governed by ``setting``: its own

@@ -18,6 +18,7 @@ from .dns import Resolver
 from .errors import DependencyError
 from .mailer import Mailer
 from .spamd import SpamScanner
+from .spf import SenderCheck
 from .state import MemoryRateStore, RateStore
 
 __all__ = ["DependencyError", "Services", "in_background"]
@@ -47,5 +48,6 @@ class Services:
     spam: SpamScanner | None = None
     challenges: ChallengeStore | None = None
     mailer: Mailer | None = None
+    spf: SenderCheck | None = None
     run_later: Callable[[Callable[[], object]], None] = in_background
     last_sweep: float = 0.0  # when held challenge mail was last expired

@@ -2,7 +2,8 @@
 
 Mail from a sender not on a protected recipient's allow list is held; the first held
 message of a (recipient, sender) pair opens a challenge whose token the sender must send
-back; the answer allow-lists the pair and releases everything held for it.
+back (the caller sends it once, when it may, and notes it with challenged()); the answer
+allow-lists the pair and releases everything held for it.
 
 A held message moves through  held -> released -> done  (answer() or release(), then
 done() once the caller has re-injected it), or  held -> gone  (drop() or expire()).
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS held (
     queued_at REAL NOT NULL, size INTEGER NOT NULL,
     released_at REAL  -- NULL while held; set by answer()/release() until done()
 );
+CREATE TABLE IF NOT EXISTS challenged (
+    token TEXT PRIMARY KEY, sent REAL NOT NULL  -- the pair's challenge went out
+);
 CREATE INDEX IF NOT EXISTS held_token ON held (token);
 CREATE INDEX IF NOT EXISTS held_queued ON held (queued_at);
 COMMIT;
@@ -81,9 +85,15 @@ class ChallengeStore(Protocol):
 
     def hold(self, recipient: str, sender: str, message: BinaryIO,
              now: float | None = None) -> tuple[Held, bool]:
-        """Spool ``message`` (read from its position to the end); True: send a challenge
-        with ``Held.token``, this is the pair's first message without a pending one.
+        """Spool ``message`` (read from its position to the end); True: no challenge has
+        gone out for the pair yet (send one with ``Held.token``, then call challenged()).
         Callers check allowed() first; a pair allow-listed in between gets a new challenge."""
+
+    def challenged(self, token: str) -> None:
+        """The challenge with ``token`` went out."""
+
+    def known(self, sender: str) -> bool:
+        """Whether ``sender`` is on anyone's allow list (it answered a challenge before)."""
 
     def answer(self, token: str, sender: str) -> list[Held]:
         """The sender answered: allow-list the pair, return its messages, released.
@@ -123,9 +133,10 @@ class SqliteChallengeStore:
         self.directory = directory
         self._spool = directory / "spool"
         self._lock = threading.Lock()
+        database = directory / "challenges.sqlite3"
         with self._errors(f"opening {directory}"):
-            self._spool.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(directory / "challenges.sqlite3", timeout=timeout,
+            self._private(database)
+            self._db = sqlite3.connect(database, timeout=timeout,
                                        isolation_level=None, check_same_thread=False)
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -134,6 +145,23 @@ class SqliteChallengeStore:
             except sqlite3.Error:
                 self._db.close()
                 raise
+
+    def _private(self, database: Path) -> None:
+        """Tokens release held mail: the directories are made 0700 and the database and
+        its -wal and -shm 0600 whatever the umask, and an older store is tightened.
+
+        SQLite gives -wal and -shm the database's mode, so the database is created here
+        first.  Existing files are changed by path: closing a descriptor of a database
+        another connection of this process has locked would release its locks.
+        """
+        for directory in (self.directory, self._spool):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        with suppress(FileExistsError):
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        for path in (database, f"{database}-wal", f"{database}-shm"):
+            with suppress(FileNotFoundError):  # -wal, -shm: only while a connection is open
+                os.chmod(path, 0o600)
 
     def close(self) -> None:
         with self._lock:
@@ -160,18 +188,27 @@ class SqliteChallengeStore:
             with self._write("holding a message") as db:
                 row = db.execute("SELECT token FROM challenge WHERE recipient = ? AND sender = ?",
                                  (recipient, sender)).fetchone()
-                new = row is None
-                token = secrets.token_hex(16) if new else row[0]
-                if new:
+                token = secrets.token_hex(16) if row is None else row[0]
+                if row is None:
                     db.execute("INSERT INTO challenge VALUES (?, ?, ?, ?)",
                                (token, recipient, sender, queued_at))
                 db.execute("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, NULL)",
                            (held_id, token, sender, recipient, queued_at, size))
+                unchallenged = db.execute("SELECT 1 FROM challenged WHERE token = ?",
+                                          (token,)).fetchone() is None
         except DependencyError:
             with suppress(OSError):  # else an orphan, swept by expire()
                 path.unlink()
             raise
-        return Held(held_id, token, sender, recipient, queued_at, size, path), new
+        return Held(held_id, token, sender, recipient, queued_at, size, path), unchallenged
+
+    def challenged(self, token: str) -> None:
+        with self._write("noting a challenge sent") as db:
+            db.execute("INSERT OR IGNORE INTO challenged VALUES (?, ?)", (token, time.time()))
+
+    def known(self, sender: str) -> bool:
+        return bool(self._read("reading the allow list",
+                               "SELECT 1 FROM allowed WHERE sender = ? LIMIT 1", (_key(sender),)))
 
     def answer(self, token: str, sender: str) -> list[Held]:
         token, sender = token.lower(), _key(sender)
@@ -182,6 +219,7 @@ class SqliteChallengeStore:
                 return []
             db.execute("INSERT OR IGNORE INTO allowed VALUES (?, ?)", pair)
             db.execute("DELETE FROM challenge WHERE token = ?", (token,))
+            db.execute("DELETE FROM challenged WHERE token = ?", (token,))
             rows = db.execute(f"UPDATE held SET released_at = ? WHERE token = ? AND released_at IS NULL"
                               f" RETURNING {_COLUMNS}", (time.time(), token)).fetchall()
         return self._sorted(rows)
@@ -227,6 +265,8 @@ class SqliteChallengeStore:
                               f" RETURNING {_COLUMNS}", (cutoff,)).fetchall()
             db.execute("DELETE FROM challenge WHERE created < ? AND NOT EXISTS (SELECT 1 FROM held"
                        " WHERE held.token = challenge.token AND held.released_at IS NULL)", (cutoff,))
+            db.execute("DELETE FROM challenged WHERE NOT EXISTS (SELECT 1 FROM challenge"
+                       " WHERE challenge.token = challenged.token)")
             live = {row[0] + SUFFIX for row in db.execute("SELECT id FROM held")}
         expired = self._sorted(rows)
         for held in expired:

@@ -20,6 +20,7 @@ from .clamd import Clamd, VirusScanner
 from .dns import DnsResolver, Resolver
 from .mailer import Mailer, SmtpMailer
 from .spamd import Spamd, SpamScanner
+from .spf import SenderCheck, Spf
 
 if TYPE_CHECKING:
     from ..rules.policy import Policy
@@ -38,6 +39,7 @@ class Live:
     spam: SpamScanner | None = None
     challenges: ChallengeStore | None = None
     mailer: Mailer | None = None
+    spf: SenderCheck | None = None  # whether a sender may be challenged
     owned: tuple[Closable, ...] = ()
 
     def close(self, keep: Sequence[Closable] = ()) -> None:
@@ -59,6 +61,7 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
         spam=given.spam or (Spamd(s.spamd, s.spamd_timeout, s.spamd_user) if s.spamd else None),
         challenges=store,
         mailer=given.mailer or (smtp_mailer(policy) if s.challenge_store else None),
+        spf=given.spf or (Spf(policy.dns_config, s.dns_budget) if s.challenge_store else None),
         owned=tuple(x for x in (dns, store) if isinstance(x, Closable)
                     and x is not given.dns and x is not given.challenges),
     )

@@ -93,6 +93,9 @@ GOOD = ("192.0.2.20", "mx.good.test")  # its PTR resolves back to it; listed now
 STRANGER = ("192.0.2.40", "mx.else.test")  # the challenged senders' mail server, also clean
 HOST_RECORDS = [GOOD[::-1], STRANGER[::-1], ("listed.test", "192.0.2.77")]
 PTR_RECORDS = [("192.0.2.21", "forged.test")]  # forged.test has no A record
+# SPF: the challenged senders' domain sends from STRANGER only; forged.example from nowhere.
+SPF_RECORDS = [("else.example", f"v=spf1 ip4:{STRANGER[0]} -all"),
+               ("forged.example", "v=spf1 -all")]
 
 
 def dns_rules(dest: Path, port: int, **settings: str) -> Path:
@@ -158,7 +161,7 @@ def site(e2e_root: Path) -> Iterator[Site]:
         rbl = stack.enter_context(Rbldnsd(work / "rbl", ZONES))
         resolver = stack.enter_context(Dnsmasq(
             work / "dnsmasq", host_records=HOST_RECORDS, ptr_records=PTR_RECORDS,
-            forward={"bl.test": rbl.port, "dbl.test": rbl.port}))
+            txt_records=SPF_RECORDS, forward={"bl.test": rbl.port, "dbl.test": rbl.port}))
         clamd = stack.enter_context(ClamdServer(work / "clamd"))
         spamd = stack.enter_context(SpamdServer(work / "spamd"))
         # challenge_smtp is Postfix's port 25 listener, known once Postfix runs (it picks free
@@ -520,6 +523,25 @@ def test_only_the_protected_copy_is_held_31(site: Site) -> None:
         accepted(send(s, stranger, (PROTECTED, RCPT), message(tag, stranger, PROTECTED)))
     challenge_for(site, stranger)
     assert [c.recipient for c in site.postfix.deliveries_of(tag)] == [RCPT]
+
+
+def test_a_sender_spf_fails_for_gets_no_challenge_31(site: Site) -> None:
+    """No backscatter to forged senders: SPF (real pyspf against the test dnsmasq) fails
+    for forged.example from this client, so the message is held and nobody is
+    challenged.  A genuine sender's challenge, sent after, shows the milter did send
+    what it was going to."""
+    forged, genuine = f"f-{marker()}@forged.example", f"g-{marker()}@else.example"
+    before = len(site.milter.log_lines())
+    with client(site.postfix, STRANGER) as s:
+        accepted(send(s, forged, (PROTECTED,), message(marker(), forged, PROTECTED)))
+        accepted(send(s, genuine, (PROTECTED,), message(marker(), genuine, PROTECTED)))
+    challenge_for(site, genuine)
+    assert arrivals(site.postfix, forged) == []
+    held = eventually(lambda: next((x for x in site.log_after(before)
+                                    if "event=challenge_held" in x and f"sender={forged}" in x),
+                                   None), what="the forged sender's message held")
+    assert "challenge=no" in held and "SPF fail for forged.example" in held
+    assert f" {forged} -> {PROTECTED}" in challenges_cli(site.rules, "list").stdout
 
 
 def test_null_sender_and_auto_replies_are_never_challenged_31(site: Site) -> None:

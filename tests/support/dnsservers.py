@@ -441,7 +441,8 @@ class Dnsmasq(_DnsDaemon):
     ``local_domains``, in-addr.arpa and ip6.arpa get NXDOMAIN, any other name REFUSED. ``ttl`` is
     its --local-ttl (dnsmasq's own default, 0, would defeat any cache).  ``forward`` maps zones
     to loopback ports it passes their queries to (DNS lists served by rbldnsd), so that one
-    resolver address serves a whole test, as a site's own resolver would.
+    resolver address serves a whole test, as a site's own resolver would.  ``txt_records``
+    (name, text) give TXT records: SPF policies (a comma in text starts a second string).
     """
 
     binary = "dnsmasq"
@@ -455,9 +456,11 @@ class Dnsmasq(_DnsDaemon):
         local_domains: tuple[str, ...] = ("test",),
         ttl: int = 60,
         forward: dict[str, int] | None = None,
+        txt_records: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(workdir)
         self.forward = forward or {}
+        self.txt_records = txt_records
         self.host_records = host_records
         self.ptr_records = ptr_records
         self.local_domains = local_domains
@@ -472,6 +475,7 @@ class Dnsmasq(_DnsDaemon):
             *(f"--local=/{d}/" for d in (*self.local_domains, "in-addr.arpa", "ip6.arpa")),
             *(f"--host-record={name},{ip}" for name, ip in self.host_records),
             *(f"--ptr-record={_reverse_name(rev)},{name}" for rev, name in self.ptr_records),
+            *(f"--txt-record={name},{text}" for name, text in self.txt_records),
             *(f"--server=/{zone}/{LOOPBACK}#{port}" for zone, port in self.forward.items()),
         ]  # fmt: skip
 

@@ -22,6 +22,7 @@ from policy_milter.rules.policy import load
 from policy_milter.services import Services
 from policy_milter.services.challenges import SqliteChallengeStore
 from policy_milter.services.errors import DependencyError
+from policy_milter.services.spamd import SpamResult
 from tests.conftest import REPO
 
 STRANGER = "<stranger@else.example>"
@@ -39,16 +40,37 @@ class RecordingMailer:
         self.sent.append((sender, recipients, data))
 
 
+class Spf:
+    """An SPF stand-in: the result per sender domain ('pass' unless told), and who asked
+    (the real pyspf against real DNS is in tests/e2e)."""
+
+    def __init__(self, **results: str) -> None:
+        self.results = results
+        self.asked: list[tuple[str, str, str]] = []
+
+    def check(self, client: str, sender: str, helo: str) -> str:
+        self.asked.append((client, sender, helo))
+        return self.results.get(sender.rpartition("@")[2].replace(".", "_"), "pass")
+
+
+def challenge_engine(rules: Path, store: SqliteChallengeStore, mailer: RecordingMailer,
+                     spf: Spf | None = None) -> Engine:
+    return Engine(load(rules), Services(challenges=store, mailer=mailer, spf=spf or Spf(),
+                                        run_later=lambda work: work()))
+
+
+def protecting(make_rules: Callable[..., Path], tmp_path: Path, **settings: str) -> Path:
+    return make_rules(challenge_store=str(tmp_path / "store"),
+                      challenge_recipients="alice@example.com",
+                      challenge_address="challenge@example.com", **settings)
+
+
 @pytest.fixture
 def setup(make_rules: Callable[..., Path], tmp_path: Path
           ) -> tuple[Engine, SqliteChallengeStore, RecordingMailer]:
-    rules = make_rules(challenge_store=str(tmp_path / "store"),
-                       challenge_recipients="alice@example.com",
-                       challenge_address="challenge@example.com")
     store = SqliteChallengeStore(tmp_path / "store")
     mailer = RecordingMailer()
-    services = Services(challenges=store, mailer=mailer, run_later=lambda work: work())
-    return Engine(load(rules), services), store, mailer
+    return challenge_engine(protecting(make_rules, tmp_path), store, mailer), store, mailer
 
 
 def deliver(engine: Engine, sender: str, rcpts: list[str], headers: str = "",
@@ -128,8 +150,7 @@ def test_a_white_entry_at_rcpt_spares_only_its_recipient(
     with open(rules / "access", "a") as access:
         access.write("\nrecipient abuse@example.com permit skip=challenge\n")
     store = SqliteChallengeStore(tmp_path / "store")
-    engine = Engine(load(rules), Services(challenges=store, mailer=RecordingMailer(),
-                                          run_later=lambda work: work()))
+    engine = challenge_engine(rules, store, RecordingMailer())
     outcome = deliver(engine, STRANGER, ["<abuse@example.com>", "<alice@example.com>"])
     assert outcome.delete_recipients == ["<alice@example.com>"]
     assert [h.recipient for h in store.pending()] == ["alice@example.com"]
@@ -147,6 +168,95 @@ def test_never_challenged(setup: tuple[Engine, SqliteChallengeStore, RecordingMa
     outcome = deliver(engine, sender, ["<alice@example.com>"], headers)
     assert outcome.decision.action is Action.CONTINUE and outcome.delete_recipients == []
     assert mailer.sent == [] and store.pending() == []
+
+
+# --- no backscatter ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("result", ["fail", "softfail", "neutral", "none", "permerror",
+                                    "temperror"])
+def test_a_sender_spf_does_not_vouch_for_is_never_challenged(
+        make_rules: Callable[..., Path], tmp_path: Path, result: str) -> None:
+    """Ten forged senders, ten held messages, not one challenge: the mail stays held,
+    unchallenged, until released or expired."""
+    store, mailer = SqliteChallengeStore(tmp_path / "store"), RecordingMailer()
+    spf = Spf(**{f"forged{i}_example": result for i in range(10)})
+    engine = challenge_engine(protecting(make_rules, tmp_path), store, mailer, spf)
+    for i in range(10):
+        outcome = deliver(engine, f"<victim{i}@forged{i}.example>", ["<alice@example.com>"])
+        assert outcome.decision.entry.name == "challenged_by_filter"
+    assert mailer.sent == [] and len(store.pending()) == 10
+    assert spf.asked[0] == ("192.0.2.10", "victim0@forged0.example", "mx.else.example")
+
+
+def test_a_genuine_message_of_the_pair_gets_the_challenge_later(
+        make_rules: Callable[..., Path], tmp_path: Path) -> None:
+    store, mailer = SqliteChallengeStore(tmp_path / "store"), RecordingMailer()
+    spf = Spf(else_example="fail")
+    engine = challenge_engine(protecting(make_rules, tmp_path), store, mailer, spf)
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    assert mailer.sent == []
+    spf.results.clear()  # the sender's SPF now passes from this client
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    assert len(mailer.sent) == 1 and len(store.pending()) == 3
+
+
+@pytest.mark.parametrize("headers, rules", [
+    ("X-Offer: buy now", ["header X-Offer=/buy\\snow/ add_header X-Suspect: yes"]),
+    ("X-Offer: hold me", ["header X-Offer=/hold\\sme/ quarantine review"]),
+    ("X-Offer: trial", ["header X-Offer=/trial/ monitor reject"]),
+])
+def test_marked_mail_is_never_challenged(make_rules: Callable[..., Path], tmp_path: Path,
+                                         headers: str, rules: list[str]) -> None:
+    rules_dir = protecting(make_rules, tmp_path)
+    with open(rules_dir / "filters", "a") as filters:
+        filters.write("".join(f"\n{r}\n" for r in rules))
+    store, mailer = SqliteChallengeStore(tmp_path / "store"), RecordingMailer()
+    engine = challenge_engine(rules_dir, store, mailer)
+    deliver(engine, STRANGER, ["<alice@example.com>"], headers)
+    assert mailer.sent == [] and len(store.pending()) == 1
+    deliver(engine, STRANGER, ["<alice@example.com>"])  # unmarked: the challenge goes
+    assert len(mailer.sent) == 1
+
+
+def test_mail_spamd_tags_is_never_challenged(make_rules: Callable[..., Path],
+                                              tmp_path: Path) -> None:
+    class Scores:
+        def __init__(self) -> None:
+            self.score = 6.0  # over spam_tag_score (5.0), under spam_reject_score
+
+        def check(self, message: BinaryIO, size: int) -> SpamResult:
+            return SpamResult(self.score, 5.0, ("TEST",))
+
+    store, mailer, scores = SqliteChallengeStore(tmp_path / "store"), RecordingMailer(), Scores()
+    rules = protecting(make_rules, tmp_path, spamd="tcp:127.0.0.1:783")
+    engine = Engine(load(rules), Services(challenges=store, mailer=mailer, spf=Spf(), spam=scores,
+                                          run_later=lambda work: work()))
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    assert mailer.sent == [] and len(store.pending()) == 1
+    scores.score = 1.0
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    assert len(mailer.sent) == 1
+
+
+def test_challenges_per_client_and_domain_are_limited(make_rules: Callable[..., Path],
+                                                      tmp_path: Path) -> None:
+    store, mailer = SqliteChallengeStore(tmp_path / "store"), RecordingMailer()
+    engine = challenge_engine(protecting(make_rules, tmp_path, challenge_limit="3/1h"),
+                              store, mailer)
+    for i in range(6):
+        deliver(engine, f"<sender{i}@else.example>", ["<alice@example.com>"])
+    assert len(mailer.sent) == 3 and len(store.pending()) == 6
+
+
+def test_a_known_sender_needs_no_spf(make_rules: Callable[..., Path], tmp_path: Path) -> None:
+    """A sender that answered a challenge before is genuine for another recipient too."""
+    store, mailer = SqliteChallengeStore(tmp_path / "store"), RecordingMailer()
+    store.allow("bob@example.com", "stranger@else.example")
+    spf = Spf(else_example="fail")
+    engine = challenge_engine(protecting(make_rules, tmp_path), store, mailer, spf)
+    deliver(engine, STRANGER, ["<alice@example.com>"])
+    assert len(mailer.sent) == 1 and spf.asked == []
 
 
 def test_answer_from_someone_else_releases_nothing(

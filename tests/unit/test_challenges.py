@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -45,6 +46,7 @@ def spool_files(directory: Path) -> set[str]:
 def test_hold_answer_release_round_trip(store: SqliteChallengeStore) -> None:
     first, new = store.hold(RCPT, SENDER, msg("one"), now=1000.0)
     assert new and re.fullmatch(r"[0-9a-f]{24,}", first.token)
+    store.challenged(first.token)
     assert (first.recipient, first.sender, first.size, first.queued_at) == (
         "boss@example.com", "stranger@elsewhere.example", 3, 1000.0)
     second, new = store.hold(RCPT.lower(), SENDER.upper(), msg("two"), now=1001.0)
@@ -66,6 +68,7 @@ def test_hold_answer_release_round_trip(store: SqliteChallengeStore) -> None:
 
 def test_one_challenge_per_pair(store: SqliteChallengeStore) -> None:
     a, new_a = store.hold(RCPT, SENDER, msg("a"))
+    store.challenged(a.token)
     b, new_b = store.hold(RCPT, "other@elsewhere.example", msg("b"))
     c, new_c = store.hold("second@example.com", SENDER, msg("c"))
     d, new_d = store.hold(RCPT, SENDER, msg("d"))
@@ -77,6 +80,23 @@ def test_one_challenge_per_pair(store: SqliteChallengeStore) -> None:
     store.answer(a.token, SENDER)
     e, new_e = store.hold(RCPT, SENDER, msg("e"))  # the caller should have checked allowed()
     assert new_e and e.token != a.token
+
+
+def test_a_withheld_challenge_can_still_go_out_later(store: SqliteChallengeStore) -> None:
+    """No challenge sent for the pair (the sender could not be trusted): the next held
+    message of the pair may still send it, with the same token."""
+    first, unchallenged = store.hold(RCPT, SENDER, msg("forged?"))
+    later, still = store.hold(RCPT, SENDER, msg("genuine"))
+    assert unchallenged and still and later.token == first.token
+    store.challenged(later.token)
+    assert store.hold(RCPT, SENDER, msg("third"))[1] is False
+
+
+def test_known_senders_are_those_on_an_allow_list(store: SqliteChallengeStore) -> None:
+    assert not store.known(SENDER)
+    held, _ = store.hold(RCPT, SENDER, msg("x"))
+    store.answer(held.token, SENDER)
+    assert store.known(SENDER.upper()) and not store.known("other@elsewhere.example")
 
 
 def test_wrong_sender_or_unknown_token_changes_nothing(store: SqliteChallengeStore) -> None:
@@ -93,6 +113,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     first = SqliteChallengeStore(tmp_path)
     first.allow(RCPT, "friend@elsewhere.example")
     held, _ = first.hold(RCPT, SENDER, msg("kept"))
+    first.challenged(held.token)
     first.close()
 
     second = SqliteChallengeStore(tmp_path)
@@ -112,6 +133,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_expire_drops_old_messages_and_tokens(tmp_path: Path) -> None:
     store = SqliteChallengeStore(tmp_path)
     old, _ = store.hold(RCPT, SENDER, msg("old"), now=1000.0)
+    store.challenged(old.token)
     lone, _ = store.hold(RCPT, "lone@elsewhere.example", msg("lone"), now=1001.0)
     young, new = store.hold(RCPT, SENDER, msg("young"), now=5000.0)  # same pair as old
     recent, _ = store.hold(RCPT, "recent@elsewhere.example", msg("recent"), now=5001.0)
@@ -184,10 +206,9 @@ def test_concurrent_holds_from_threads_and_two_instances(tmp_path: Path) -> None
         t.join()
     assert errors == []
     assert len(results) == 320 and len({h.id for h, _ in results}) == 320
-    new_per_sender = Counter(h.sender for h, new in results if new)
-    assert new_per_sender == {f"s{n}@elsewhere.example": 1 for n in range(4)}
-    tokens = {h.sender: h.token for h, new in results if new}
-    assert all(h.token == tokens[h.sender] for h, _ in results)
+    tokens = {h.sender: h.token for h, _ in results}
+    assert len(tokens) == 4 and all(h.token == tokens[h.sender] for h, _ in results)
+    assert all(unchallenged for _, unchallenged in results)  # none was sent
     by_id = {h.id: h for h, _ in results}
     assert {h.id: h for h in stores[1].pending()} == by_id
     for held, _ in results:
@@ -215,6 +236,48 @@ def test_concurrent_holds_from_another_process(tmp_path: Path) -> None:
     assert len({h.token for h in pending}) == 3  # one challenge per pair across both processes
     assert Counter(content(store, h) for h in pending) == {b"child": 60, b"parent": held}
     store.close()
+
+
+@pytest.fixture(params=[0o022, 0o000], ids=["umask-022", "umask-000"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def store_paths(directory: Path) -> list[Path]:
+    """The store's directories, its database and the database's -wal and -shm."""
+    db = directory / "challenges.sqlite3"
+    return [directory, directory / "spool", db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+
+
+def assert_private(*paths: Path) -> None:
+    found = {path.name: stat.S_IMODE(path.stat().st_mode) for path in paths}
+    assert found == {path.name: 0o700 if path.is_dir() else 0o600 for path in paths}
+
+
+def test_tokens_and_held_mail_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    directory = tmp_path / "state" / "cr"
+    store = SqliteChallengeStore(directory)
+    try:
+        held, _ = store.hold(RCPT, SENDER, msg("secret"))  # -wal and -shm exist from now on
+        assert_private(*store_paths(directory), held.path)
+    finally:
+        store.close()
+    assert os.umask(umask) == umask  # the process umask is as it was
+
+
+def test_an_existing_store_is_made_private_when_opened(tmp_path: Path) -> None:
+    directory = tmp_path / "cr"
+    store = SqliteChallengeStore(directory)
+    try:
+        store.hold(RCPT, SENDER, msg("secret"))
+        for path in store_paths(directory):  # as an older version left them under umask 022
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        SqliteChallengeStore(directory).close()  # the first one keeps -wal and -shm open
+        assert_private(*store_paths(directory))
+    finally:
+        store.close()
 
 
 def test_broken_directory_raises_dependency_error(tmp_path: Path) -> None:
