@@ -71,11 +71,17 @@ def key(name: str, rdtype: str) -> Key:
 
 
 def collect(future: Future[Answer], deadline: float) -> Answer:
-    """The answer, or DnsError when it is not there by ``deadline`` (time.monotonic)."""
+    """The answer, or DnsError when it is not there by ``deadline`` (time.monotonic).
+
+    A failed lookup raises a fresh DnsError: raising the one the future keeps would hang
+    this session's frames on it, and the future hangs on the session."""
     try:
-        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        failed = future.exception(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout:
         raise DnsError("no answer within the DNS time budget") from None
+    if failed is not None:
+        raise DnsError(failed.message if isinstance(failed, DependencyError) else repr(failed))
+    return future.result()
 
 
 @functools.lru_cache(maxsize=4096)

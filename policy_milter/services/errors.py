@@ -7,4 +7,5 @@ class DependencyError(Exception):
     def __init__(self, service: str, message: str, entry: str = "state_tempfail") -> None:
         super().__init__(f"{service}: {message}")
         self.service = service
+        self.message = message
         self.entry = entry
