@@ -12,9 +12,7 @@ import base64
 import bz2
 import gzip
 import io
-import tarfile
 import threading
-import zipfile
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -35,6 +33,14 @@ from policy_milter.mime import Part, Walker
 from policy_milter.rules.policy import load
 from policy_milter.rules.source import RuleErrors
 from policy_milter.services import Services
+from tests.support.hostile import (
+    after_many_fields,
+    nested_messages,
+    nested_multiparts,
+    tarred,
+    with_attachment,
+    zipped,
+)
 
 
 def buffer_of(raw: bytes, threshold: int = 1 << 20) -> MessageBuffer:
@@ -61,25 +67,6 @@ def fields_of(raw: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
-def zipped(*entries: tuple[str, bytes] | str) -> bytes:
-    data = io.BytesIO()
-    with zipfile.ZipFile(data, "w", zipfile.ZIP_DEFLATED) as archive:
-        for entry in entries:
-            name, content = (entry, b"MZ") if isinstance(entry, str) else entry
-            archive.writestr(name, content)
-    return data.getvalue()
-
-
-def tarred(*entries: tuple[str, bytes]) -> bytes:
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as archive:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    return data.getvalue()
-
-
 def sample() -> bytes:
     msg = EmailMessage()
     msg["From"] = "a@sender.example"
@@ -97,30 +84,6 @@ def sample() -> bytes:
                          filename="inner.js")
     msg.add_attachment(inner)
     return msg.as_bytes()
-
-
-def with_attachment(data: bytes, filename: str, ctype: str = "application/octet-stream",
-                    text: str = "see attached") -> bytes:
-    msg = EmailMessage()
-    msg["Subject"] = "files"
-    msg.set_content(text)
-    maintype, subtype = ctype.split("/")
-    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return msg.as_bytes()
-
-
-def nested_multiparts(depth: int) -> bytes:
-    """``depth`` multiparts, each inside the one before, a text at the bottom."""
-    head = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
-                    for i in range(depth))
-    tail = b"".join(b"\r\n--b%d--\r\n" % i for i in reversed(range(depth)))
-    return b"Subject: deep\r\n" + head + b"Content-Type: text/plain\r\n\r\ndeep text" + tail
-
-
-def nested_messages(depth: int) -> bytes:
-    """``depth`` attached messages, each inside the one before."""
-    head = b"Content-Type: message/rfc822\r\n\r\n" * depth
-    return b"Subject: deep\r\n" + head + b"Subject: bottom\r\n\r\ndeep text\r\n"
 
 
 # --- the walker ---------------------------------------------------------------------------
@@ -358,8 +321,8 @@ def test_content_rules(make_rules: Callable[..., Path], rule: str, expected: str
 
 def test_a_field_after_thousands_of_others_is_seen(make_rules: Callable[..., Path]) -> None:
     engine = content_engine(make_rules, ["header Subject=/lottery/i reject"])
-    many = b"".join(b"X-Filler-%d: x\n" % i for i in range(5000))
-    assert send(engine, many + b"Subject: You won the LOTTERY\n\nhi\n")[0] == "content_rejected"
+    raw = after_many_fields(5000, b"Subject: You won the LOTTERY")
+    assert send(engine, raw)[0] == "content_rejected"
 
 
 def test_attachment_names_are_checked_at_any_size(make_rules: Callable[..., Path]) -> None:

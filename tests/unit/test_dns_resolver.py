@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 
 import pytest
 
-from policy_milter.services.dns import DnsConfig, DnsError, DnsResolver, collect
+from policy_milter.services.dns import Answer, DnsConfig, DnsError, DnsResolver, collect
 from tests.support.dnsservers import FakeDns
 
 
@@ -139,3 +139,20 @@ def test_collect_respects_the_deadline(server: FakeDns) -> None:
     with pytest.raises(DnsError, match="budget"):
         collect(r.submit("slow.example.test", "A"), started + 0.2)
     assert time.monotonic() - started < 0.5
+
+
+def test_a_failed_lookup_is_raised_afresh() -> None:
+    """The error a shared future keeps never gets the frames of the sessions that asked
+    for it: each gets an error of its own.  (Raising the kept one linked every failing
+    session to the next through its traceback, and the milter process never freed them.)"""
+    failed: Future[Answer] = Future()
+    kept = DnsError("PTR 1.2.0.192.in-addr.arpa: SERVFAIL")
+    failed.set_exception(kept)
+    raised = []
+    for _ in range(2):
+        with pytest.raises(DnsError) as caught:
+            collect(failed, time.monotonic() + 1)
+        raised.append(caught.value)
+    assert kept.__traceback__ is None
+    assert raised[0] is not kept and raised[1] is not raised[0]
+    assert str(raised[0]) == str(kept)
