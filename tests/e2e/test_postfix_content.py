@@ -62,6 +62,7 @@ from tests.e2e.test_postfix_envelope import (
 )
 from tests.milter.conftest import MilterProcess, start_milter
 from tests.support.dnsservers import Dnsmasq, FakeDns, Rbldnsd
+from tests.support.hostile import after_many_fields, nested_zips, with_attachment
 from tests.support.postfix import Delivered, PostfixInstance, reply
 from tests.support.scanners import (
     ClamdServer,
@@ -360,6 +361,21 @@ def test_content_rule_refuses_an_attachment_28(site: Site) -> None:
     copies = site.postfix.deliveries_of(tag)
     assert len(copies) == 1 and "notes.txt" in copies[0].message.as_string()
     decision_line(site, before, "check=filters", "action=reject")
+
+
+def test_dodges_that_once_worked_are_refused_through_postfix_28(site: Site) -> None:
+    """The content rules through Postfix: an .exe three zips deep in an attachment called
+    report.pdf is refused; a Subject after 1,200 other fields is found (the rule
+    discards: 250, and nothing arrives)."""
+    hidden, late = marker(), marker()
+    pdf = with_attachment(nested_zips(3), "report.pdf", "application/pdf", subject=hidden)
+    many = after_many_fields(1200, f"Subject: {late} you won the LOTTERY".encode())
+    with client(site.postfix) as s:
+        expect(send(s, "a@sender.example", (RCPT,), pdf), "content_rejected")
+        accepted(send(s, "a@sender.example", (RCPT,), many))
+    assert site.postfix.deliveries_of(hidden) == []
+    site.postfix.wait_idle()
+    assert site.postfix.deliveries_of(late) == []
 
 
 def test_spam_over_the_reject_score_is_refused_29(site: Site) -> None:

@@ -41,9 +41,9 @@ def nested_zips(depth: int, inner: str = "evil.exe") -> bytes:
 
 
 def with_attachment(data: bytes, filename: str, ctype: str = "application/octet-stream",
-                    text: str = "see attached") -> bytes:
+                    text: str = "see attached", subject: str = "files") -> bytes:
     msg = EmailMessage()
-    msg["Subject"] = "files"
+    msg["Subject"] = subject
     msg.set_content(text)
     maintype, subtype = ctype.split("/")
     msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
