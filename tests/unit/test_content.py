@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from policy_milter.content import (
-    ArchivePatterns,
-    AttachmentPatterns,
+    GlobPatterns,
     Limits,
     ScanResult,
     decode_field,
@@ -182,22 +181,12 @@ LIMITS = Limits(text=10 * 1024**2, mime_depth=100, archive_depth=4, archive_entr
                 archive_size=50 * 1024**2, seconds=60)
 
 
-class Names(AttachmentPatterns[str]):
-    """Attachment patterns that keep every name the scan offers them."""
+class Seen(GlobPatterns[str]):
+    """Patterns of one kind that keep every value the scan offers them."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
         super().__init__()
-        self.seen: set[str] = set()
-
-    def test(self, value: str, result: ScanResult) -> None:
-        self.seen.add(value)
-
-
-class Labels(ArchivePatterns[str]):
-    """Archive patterns that keep every label the scan offers them."""
-
-    def __init__(self) -> None:
-        super().__init__()
+        self.kind = kind
         self.seen: set[str] = set()
 
     def test(self, value: str, result: ScanResult) -> None:
@@ -206,7 +195,7 @@ class Labels(ArchivePatterns[str]):
 
 def names_in(raw: bytes, limits: Limits = LIMITS) -> tuple[set[str], set[str], str]:
     """(attachment names, archive labels, why attachments were not fully seen)."""
-    names, labels = Names(), Labels()
+    names, labels = Seen("attachment"), Seen("archive")
     result = scan(buffer_of(raw).open(), [names, labels], limits)
     return names.seen, labels.seen, result.not_checked(["attachment"])
 
