@@ -28,7 +28,7 @@ from typing import IO, Any, Generic, TypeVar
 import re2
 
 from . import archives
-from .mime import EVERYTHING, MimeLimit, Part, Walker
+from .mime import MimeLimit, Part, Walker
 from .patterns import PatternError
 
 T = TypeVar("T")
@@ -37,6 +37,7 @@ _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # an invalid pattern is a load error of ours, not stderr noise
 _OPTIONS.never_capture = True  # only whether it matches
 _SPOOL = 1 << 20
+KINDS = ("header", "body", "attachment", "mime_type", "archive")  # what patterns look at
 
 
 def decode_field(value: str) -> str:
@@ -314,6 +315,5 @@ def scan(message: IO[bytes], patterns: Iterable[ContentPatterns[Any]],
     try:
         Walker(message, visitor, limits.mime_depth, visitor.deadline).run()
     except MimeLimit as limit:
-        result.miss(limit.kinds | {"archive"} if limit.kinds == EVERYTHING else limit.kinds,
-                    str(limit))
+        result.miss(KINDS, str(limit))  # the walk stopped: nothing after was seen
     return result

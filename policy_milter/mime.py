@@ -30,14 +30,7 @@ _SPOOL = 1 << 20  # an encoded attached message is decoded into memory up to thi
 
 
 class MimeLimit(Exception):
-    """The walk stopped early: ``kinds`` of content it could not look at, and why."""
-
-    def __init__(self, cause: str, kinds: frozenset[str]) -> None:
-        super().__init__(cause)
-        self.kinds = kinds
-
-
-EVERYTHING = frozenset({"header", "body", "attachment", "mime_type"})
+    """The walk stopped early, so nothing after this point was looked at; why."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +172,7 @@ class Walker:
 
     def _check_time(self) -> None:
         if time.monotonic() > self._deadline:
-            raise MimeLimit("the content scan ran out of time (content_timeout)", EVERYTHING)
+            raise MimeLimit("the content scan ran out of time (content_timeout)")
 
     # --- entities --------------------------------------------------------------------
 
@@ -193,7 +186,7 @@ class Walker:
             if not name:
                 return
             if size > MAX_FIELD:
-                raise MimeLimit(f"a header field over {MAX_FIELD} bytes", EVERYTHING)
+                raise MimeLimit(f"a header field over {MAX_FIELD} bytes")
             text = value.decode("utf-8", "replace").strip()
             if top:
                 self._visitor.field(name, text)
@@ -224,8 +217,7 @@ class Walker:
         """Handle one entity; the next one to handle, or None at the end of the message."""
         self._check_time()
         if part.depth > self._max_depth:
-            raise MimeLimit(f"MIME nesting deeper than {self._max_depth} (mime_max_depth)",
-                            EVERYTHING)
+            raise MimeLimit(f"MIME nesting deeper than {self._max_depth} (mime_max_depth)")
         self._visitor.part(part)
         if part.boundary:
             self._open.append((part.boundary, part.depth,
