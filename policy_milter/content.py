@@ -79,7 +79,7 @@ class Limits:
 class ScanResult:
     """Which pattern sets matched (payloads by set), and what was not looked at, by kind."""
 
-    matched: dict[ContentPatterns[Any], list[object]] = field(default_factory=dict)
+    matched: dict[ContentPatterns[Any], list[Any]] = field(default_factory=dict)
     missed: dict[str, str] = field(default_factory=dict)
 
     def miss(self, kinds: Iterable[str], cause: str) -> None:
@@ -107,7 +107,7 @@ class ContentPatterns(ABC, Generic[T]):
         return bool(self._items)
 
     def find(self, result: ScanResult) -> Iterator[T]:
-        return iter(result.matched.get(self, ()))  # type: ignore[arg-type]
+        return iter(result.matched.get(self, ()))
 
     @abstractmethod
     def add(self, text: str, payload: T) -> None: ...
@@ -192,14 +192,18 @@ class _Scan:
 
     def __init__(self, patterns: Iterable[ContentPatterns[Any]], limits: Limits,
                  result: ScanResult) -> None:
-        self.by_kind: dict[str, list[ContentPatterns[Any]]] = {}
+        patterns = list(patterns)
+        self.headers = [p for p in patterns if isinstance(p, HeaderPatterns)]
+        self.bodies = [p for p in patterns if isinstance(p, BodyPatterns)]
+        self.globs: dict[str, list[GlobPatterns[Any]]] = {}
         for p in patterns:
-            self.by_kind.setdefault(p.kind, []).append(p)
+            if isinstance(p, GlobPatterns):
+                self.globs.setdefault(p.kind, []).append(p)
         self.limits = limits
         self.result = result
         self.deadline = time.monotonic() + limits.seconds
         self.text_left = limits.text
-        self.wants_archives = bool(self.by_kind.keys() & {"attachment", "archive"})
+        self.wants_archives = bool(self.globs.keys() & {"attachment", "archive"})
         self.listing = archives.Listing()
         self._text = bytearray()
         self._head = bytearray()
@@ -207,15 +211,13 @@ class _Scan:
         self._kind = ""
 
     def field(self, name: str, value: str) -> None:
-        headers = self.by_kind.get("header")
-        if headers:
+        if self.headers:
             decoded = decode_field(value)
-            for patterns in headers:
-                patterns.test(name.lower(), decoded, self.result)  # type: ignore[attr-defined]
+            for patterns in self.headers:
+                patterns.test(name.lower(), decoded, self.result)
 
     def part(self, part: Part) -> None:
-        for patterns in self.by_kind.get("mime_type", ()):
-            patterns.test(part.content_type, self.result)  # type: ignore[attr-defined]
+        self._glob("mime_type", part.content_type)
         if part.filename:
             self._name(decode_field(part.filename))
         self._text.clear()
@@ -223,7 +225,7 @@ class _Scan:
         self._archive, self._kind = None, ""
 
     def data(self, part: Part, chunk: bytes) -> None:
-        if part.text and "body" in self.by_kind:
+        if part.text and self.bodies:
             if len(chunk) > self.text_left:
                 self.result.miss(("body",), f"more text than content_max_size "
                                             f"({self.limits.text} bytes) for body rules")
@@ -236,8 +238,8 @@ class _Scan:
     def end(self, part: Part) -> None:
         if self._text:
             text = _decoded(bytes(self._text), part.charset)
-            for patterns in self.by_kind["body"]:
-                patterns.test(text, self.result)  # type: ignore[attr-defined]
+            for patterns in self.bodies:
+                patterns.test(text, self.result)
             self._text.clear()
         if self.wants_archives:
             if not self._kind and self._head:
@@ -246,8 +248,11 @@ class _Scan:
                 self._list()
 
     def _name(self, name: str) -> None:
-        for patterns in self.by_kind.get("attachment", ()):
-            patterns.test(name, self.result)  # type: ignore[attr-defined]
+        self._glob("attachment", name)
+
+    def _glob(self, kind: str, value: str) -> None:
+        for patterns in self.globs.get(kind, ()):
+            patterns.test(value, self.result)
 
     def _archive_data(self, chunk: bytes, final: bool = False) -> None:
         """Keep the first bytes until they say whether the part is an archive; keep an
@@ -290,9 +295,8 @@ class _Scan:
             archive.close()
         for name in self.listing.names[before:]:
             self._name(name)
-        for patterns in self.by_kind.get("archive", ()):
-            for label in self.listing.labels:
-                patterns.test(label, self.result)  # type: ignore[attr-defined]
+        for label in self.listing.labels:
+            self._glob("archive", label)
         if self.listing.missed:
             self._missed_archive(self.listing.missed)
 
