@@ -212,7 +212,8 @@ class Server:
         worker = threading.Thread(target=self._milter, args=(serve, main), daemon=True)
         worker.start()
         self.log.event("start", version=__version__, socket=self.args.socket,
-                       rules=self.args.rules, pid=os.getpid())
+                       rules=self.args.rules, pid=os.getpid(),
+                       rules_hash=self.engine.plan.policy.digest)
         while worker.is_alive():
             sig = signal.sigwait(self.SIGNALS)
             if sig == signal.SIGHUP:
@@ -263,7 +264,8 @@ class Server:
                            errors=len(problems), kept="previous rules")
             return
         _settle()
-        self.log.event("reload", status="ok", rules=self.args.rules)
+        self.log.event("reload", status="ok", rules=self.args.rules,
+                       rules_hash=self.engine.plan.policy.digest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from .rules.policy import Policy
 from .services import DependencyError, Services
 from .services.factory import Live, build
 from .stages import Stage
+from .transcript import Transcript
 
 F = TypeVar("F", bound=Callable[..., Any])
 UNCHECKED_HEADER = "X-Policy-Unchecked"  # what could not be checked, and why
@@ -50,6 +51,9 @@ class Needs:
 
 
 Hook = Callable[[Context], None]
+# A check's answer as it runs: (stage, check, decision or None when a white entry skipped
+# it, seconds taken).
+Trace = Callable[[Stage, str, Decision | None, float], None]
 
 
 @dataclass(frozen=True)
@@ -192,15 +196,18 @@ def _guarded(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Session, *args: Any) -> Any:
         started = time.perf_counter()
+        stage = Stage(method.__name__)
+        txn = self.txn  # the transaction end of message closes
         try:
-            return method(self, *args)
+            result = method(self, *args)
         except Exception as err:  # the last line of defence: never crash, never pass
-            stage = Stage(method.__name__)
             self.log.internal_error(stage, self.conn, self.txn, err)
             failed = Decision(Action.TEMPFAIL, catalogue.DEFAULT_TEMPFAIL, rule="builtin:internal",
                               check="internal", detail=f"{type(err).__name__}: {err}")
             self.log.decision(stage, self.conn, self.txn, None, failed, started)
-            return Outcome(failed) if stage is Stage.EOM else failed
+            result = Outcome(failed) if stage is Stage.EOM else failed
+        self.transcript.note(stage, args, result, self.txn if stage is Stage.MAIL else txn)
+        return result
     return wrapper  # type: ignore[return-value]
 
 
@@ -215,8 +222,10 @@ class Session:
         self.policy = plan.policy
         self.services = services
         self.log = log
-        self.conn = Connection()
+        self.conn = Connection(rules_hash=plan.policy.digest)
         self.txn: Transaction | None = None
+        self.transcript = Transcript(log, self.conn)
+        self.trace: Trace | None = None  # policy-milter test follows each check with it
 
     def _context(self, bypass: frozenset[str] = frozenset(), **state: Any) -> Context:
         return Context(self.policy, self.services, self.plan.live, self.log, self.conn,
@@ -236,8 +245,14 @@ class Session:
         """Walk the stage's checks; return the first decision that stops the client."""
         for check in self.plan.checks[stage]:
             if check.name in ctx.bypass:
+                if self.trace is not None:
+                    self.trace(stage, check.name, None, 0.0)
                 continue
+            asked = time.perf_counter()
             decision = self._ask(check, ctx)
+            if self.trace is not None:
+                self.trace(stage, check.name, decision or CONTINUE,
+                           time.perf_counter() - asked)
             if decision is None or decision.action is Action.CONTINUE:
                 continue
             monitored = decision.stops and (decision.monitor or self.policy.settings.monitor)
@@ -332,6 +347,7 @@ class Session:
     @_guarded
     def mail(self, arg: str, params: Sequence[str], auth_login: str, queue_id: str) -> Decision:
         started = time.perf_counter()
+        self.transcript.end(self.txn)
         self._end_transaction()
         self.conn.auth_login = auth_login
         parsed = protocol.parse_command(arg, params, mail=True)
@@ -460,10 +476,12 @@ class Session:
         self.txn = None
 
     def abort(self) -> None:
+        self.transcript.end(self.txn)
         self._end_transaction()
 
     def close(self) -> None:
         """The connection is gone; only the first call counts."""
+        self.transcript.close(self.txn)
         self._end_transaction()
         on_close, self._on_close = self._on_close, lambda: None
         on_close()

@@ -3,10 +3,15 @@
     event=decision qid=4ZxK1 stage=rcpt client=192.0.2.7 client_name=mx.example.net
     helo=mx.example.net sender=a@example.net rcpt=b@example.com rule=rules/access:12
     check=access action=reject reply="..." monitor=no
-    duration_ms=0.180 detail="..."
+    duration_ms=0.180 detail="..." rules_hash=3f2a9c0d51e7
 
 (one line in the log; ``reply`` is the catalogue entry's reply line, here
-``access_denied``'s).  Values are quoted when they need it; quotes, backslashes,
+``access_denied``'s; ``rules_hash`` the short hash of the rules that decided, which the
+start and reload lines print with the rules directory).  Decisions at DATA and end of message
+name the recipients they apply to, comma-separated.  Each transaction also gets one
+``event=envelope`` line when it ends (see transcript.py): what a replay needs.
+
+Values are quoted when they need it; quotes, backslashes,
 control characters and undecodable bytes are escaped, so a hostile HELO cannot forge a
 line, and each value is cut at MAX_VALUE characters, so it cannot make a line huge either.
 Field names never change meaning; new fields are only added at the end.
@@ -27,6 +32,7 @@ if TYPE_CHECKING:  # the log only formats them; services import the log
     from .envelope import Resolved
     from .model import Connection, Transaction
     from .stages import Stage
+    from .transcript import Envelope
 
 LOGGER = "policy_milter"
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=', '\\'
@@ -73,6 +79,10 @@ def _address(addr: Resolved | None) -> str:
     return "" if addr is None else (addr.key or "<>")
 
 
+def _recipients(addrs: tuple[Resolved, ...] | list[Resolved]) -> str:
+    return ",".join(_address(r) for r in addrs)
+
+
 class DecisionLog:
     """Writes the milter's log lines through the standard logging module."""
 
@@ -92,20 +102,34 @@ class DecisionLog:
                  rcpt: Resolved | None, decision: Decision, started: float) -> None:
         self.logger.info(fields(
             event="decision", stage=stage.value, **self._session(conn, txn),
-            rcpt=_address(rcpt), rule=decision.rule, check=decision.check,
+            rcpt=_recipients(decision.recipients or txn.recipients)
+            if txn is not None and stage.of_message else _address(rcpt),
+            rule=decision.rule, check=decision.check,
             action=decision.action.value, reply=decision.reply_line(),
             monitor="yes" if decision.monitor else "no",
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
-            detail=decision.detail))
+            detail=decision.detail, rules_hash=conn.rules_hash))
 
     def accepted(self, conn: Connection, txn: Transaction, quarantine: str,
                  started: float) -> None:
         self.logger.info(fields(
             event="decision", stage="eom", **self._session(conn, txn),
-            rcpt=",".join(_address(r) for r in txn.recipients), rule="", check="",
+            rcpt=_recipients(txn.recipients), rule="", check="",
             action="quarantine" if quarantine else "accept", reply="", monitor="no",
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
-            detail=quarantine))
+            detail=quarantine, rules_hash=conn.rules_hash))
+
+    def envelope(self, conn: Connection, txn: Transaction | None, env: Envelope) -> None:
+        """The transaction's envelope and answers, once, when it ends (transcript.py)."""
+        rcpts, omitted = env.rcpts_json()
+        self.logger.info(fields(
+            event="envelope", **self._session(conn, txn),
+            listener=conn.listener, login=conn.auth_login, tls="yes" if conn.tls else "no",
+            mail_from=env.mail_from, params=" ".join(env.params),
+            size="" if txn is None or txn.declared_size is None else txn.declared_size,
+            result=env.result, stage=env.stage, rule=env.rule)
+            + f" rcpts={quote(rcpts, len(rcpts))} rcpts_omitted={omitted} "
+            + fields(rules_hash=conn.rules_hash))
 
     def internal_error(self, stage: Stage | None, conn: Connection, txn: Transaction | None,
                        err: BaseException) -> None:

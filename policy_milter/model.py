@@ -32,6 +32,7 @@ class Connection:
     tls: bool = False
     auth_login: str = ""  # {auth_authen}, known from MAIL FROM on
     lookups: dict[tuple[str, str], Future[Any]] = field(default_factory=dict)  # DNS, by key
+    rules_hash: str = ""  # the short hash of the rules that decide this connection
 
     @property
     def authenticated(self) -> bool:

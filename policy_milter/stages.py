@@ -15,3 +15,11 @@ class Stage(Enum):
     BODY = "body"
     EOM = "eom"
     UNKNOWN = "unknown"
+
+    @property
+    def of_message(self) -> bool:
+        """Decided for the message as a whole, hence for every accepted recipient."""
+        return self in _OF_MESSAGE
+
+
+_OF_MESSAGE = frozenset({Stage.DATA, Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})

@@ -43,6 +43,7 @@ class Policy:
     tables: Tables
     rule_lists: tuple[RuleList, ...] = ()
     files: tuple[str, ...] = field(default=())
+    digest: str = ""  # a short hash of every file read: logged with every decision
 
     def rules(self, name: str, stage: Stage) -> RuleIndex | None:
         """The rules of the list called ``name`` decided at ``stage``, if it is loaded."""
@@ -74,7 +75,7 @@ class Policy:
     def summary(self) -> list[str]:
         """What ``policy-milter check`` prints: one line per part of the policy."""
         t, s = self.tables, self.settings
-        lines = [f"rules: {self.source} ({len(self.files)} files)",
+        lines = [f"rules: {self.source} ({len(self.files)} files, hash {self.digest})",
                  f"domains: {len(t.domain_list)}, accounts: {len(t.accounts)}, "
                  f"aliases: {len(t.aliases) + len(t.catchall)}, lists: {len(t.lists)}, "
                  f"relay recipients: {len(t.relay_recipients) + len(t.relay_catchall)}, "
@@ -173,4 +174,5 @@ def load(rules_dir: str | Path) -> Policy:
                           "(where challenged senders answer)")
     loader.errors.raise_if_any()
     assert settings is not None
-    return Policy(str(root), settings, where, tables, tuple(rule_lists), tuple(loader.files))
+    return Policy(str(root), settings, where, tables, tuple(rule_lists), tuple(loader.files),
+                  loader.errors.digest)

@@ -7,6 +7,7 @@ continues the previous one, as in Postfix's main.cf and map files.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,22 @@ class RuleErrors(Exception):
 
 
 class Errors:
-    """Collects errors so that a load reports all of them at once."""
+    """Collects errors so that a load reports all of them at once, and hashes every file
+    it read, in order, so that a log line can say which rules decided."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        self._read = hashlib.sha256()
+
+    def saw(self, raw: bytes) -> None:
+        """A file's bytes, as read: the digest depends on content and order, not paths."""
+        self._read.update(len(raw).to_bytes(8, "big"))
+        self._read.update(raw)
+
+    @property
+    def digest(self) -> str:
+        """A short hash of every file read: 12 hex digits (48 bits) tell rule sets apart."""
+        return self._read.hexdigest()[:12]
 
     def add(self, where: str, message: str) -> None:
         self.items.append(f"{where}: {message}")
@@ -66,6 +79,7 @@ def read_lines(path: Path, label: str, errors: Errors, named_at: str = "") -> li
         else:
             errors.add(label, f"cannot read: {err.strerror or err}")
         return []
+    errors.saw(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -291,7 +291,7 @@ def test_discarded_message_does_not_arrive_30(postfix: PostfixInstance,
         assert send(s, "a@sender.example", ("postmaster@example.com",), message(kept))[0] == 250
     assert len(postfix.deliveries_of(kept)) == 1
     assert postfix.deliveries_of(gone) == []
-    line = e2e_milter.wait_for_log("sender=a@discard.example")
+    line = e2e_milter.wait_for_log("sender=a@discard.example", event="decision")
     assert "action=discard" in line and catalogue.get("deleted_by_filter").text in line
     assert "milter-discard" in postfix.log()
 
@@ -338,7 +338,7 @@ def test_mta_side_auth_rows_are_postfixs_own(postfix: PostfixInstance,
     # A later session is logged, so the milter has seen everything before it.
     with remote(postfix, addr="192.0.2.55") as s:
         expect(command(s, "MAIL FROM:<boss@deny.example>"), "permission_denied")
-    e2e_milter.wait_for_log("client=192.0.2.55")
+    e2e_milter.wait_for_log("client=192.0.2.55", event="decision")
     lines = e2e_milter.log_lines()
     for addr in ("192.0.2.51", "192.0.2.52", "192.0.2.53", "192.0.2.54"):
         assert not [line for line in lines if f"client={addr} " in line], addr

@@ -232,7 +232,7 @@ def test_discarded_message_is_accepted_and_dropped_30(site: Site) -> None:
     msgid, data = message("a@discard.example")
     with site.mta.smtp() as client:
         assert converse(client, ("MAIL FROM:<a@discard.example>", POSTMASTER), data)[0] == 250
-    line = site.milter.wait_for_log("sender=a@discard.example")
+    line = site.milter.wait_for_log("sender=a@discard.example", event="decision")
     assert catalogue.get("deleted_by_filter").text in line
     # Interactive delivery ends before Sendmail's 250: had it delivered, the sink would have it.
     assert not [m for m in site.mta.sink.messages if msgid in m.header("Message-ID")]
@@ -249,7 +249,7 @@ def test_queue_id_reaches_the_milter_at_every_stage(site: Site) -> None:
     assert code == 250
     qid = re.fullmatch(r"2\.0\.0 (\w+) Message accepted for delivery", text.decode()).group(1)
     for stage in ("mail", "rcpt", "eom"):
-        line = site.milter.wait_for_log(f"stage={stage} qid={qid} ")
+        line = site.milter.wait_for_log(f"stage={stage} qid={qid} ", event="decision")
         assert "client=127.0.0.1 client_name=localhost helo=mx.sender.example" in line
     [arrived] = site.mta.sink.wait_for(lambda m: msgid in m.header("Message-ID"))
     assert f"id {qid}" in " ".join(arrived.header("Received"))

@@ -32,10 +32,12 @@ class MilterProcess:
     def log_lines(self) -> list[str]:
         return self.log.read_text(encoding="utf-8").splitlines()
 
-    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+    def wait_for_log(self, text: str, timeout: float = 10, event: str = "") -> str:
+        """The last line with ``text`` (and ``event=EVENT``, if given) once there is one."""
         deadline = time.monotonic() + timeout
+        kind = f" event={event} " if event else ""
         while time.monotonic() < deadline:
-            found = [line for line in self.log_lines() if text in line]
+            found = [line for line in self.log_lines() if text in line and kind in line]
             if found:
                 return found[-1]
             time.sleep(0.05)

@@ -65,7 +65,7 @@ def test_8bit_mail_and_rcpt_are_syntax_errors(milter: MilterProcess) -> None:
         assert client.mail("<a@sender.example>", macros={"i": ""}).passed
         assert_reply(client.rcpt(f"<postmaster{FF}@example.com>"), "syntax_error")
         assert_reply(client.rcpt("<postmaster@example.com>", f"NOTIFY={FF}"), "syntax_error")
-    milter.wait_for_log("client=192.0.2.201 ")
+    milter.wait_for_log("client=192.0.2.201 ", event="decision")
     refused = f'reply="{catalogue.get("syntax_error").reply_line()}"'
     assert sum(refused in line for line in session_lines(milter, "192.0.2.201")) == 4
     assert_alive(milter)
@@ -80,7 +80,7 @@ def test_8bit_macros_reach_the_engine(milter: MilterProcess) -> None:
                            macros={"{auth_authen}": f"dora{FF}", "i": f"Q{FF}"}).passed
         assert_reply(client.rcpt("<nobody@example.com>", macros={"i": f"Q{FF}"}),
                      "unknown_user_local")
-    line = milter.wait_for_log("client=192.0.2.202 ")
+    line = milter.wait_for_log("client=192.0.2.202 ", event="decision")
     assert r'qid="Q\xff\xfe"' in line and "stage=rcpt" in line
     assert not any("internal_error" in line for line in session_lines(milter, "192.0.2.202"))
     assert_alive(milter)
@@ -93,7 +93,7 @@ def test_8bit_header_value_reaches_the_engine(milter: MilterProcess) -> None:
         assert client.data().passed
         result = client.message(MESSAGE.replace(b"Subject: hi", b"Subject: caf\xe9 \xff"))
     assert not isinstance(result, Reply) and result.reply.action == "continue"
-    assert "action=accept" in milter.wait_for_log("client=192.0.2.203 ")
+    assert "action=accept" in milter.wait_for_log("client=192.0.2.203 ", event="decision")
     assert_alive(milter)
 
 
@@ -101,7 +101,7 @@ def test_60kb_helo_is_one_bounded_line(milter: MilterProcess) -> None:
     with milter.client() as client:
         assert client.connect("mx.sender.example", "192.0.2.204", 40000).passed
         assert_reply(client.helo("h" * 60_000 + ".example"), "helo_requires_domain")
-    line = milter.wait_for_log("client=192.0.2.204 ")
+    line = milter.wait_for_log("client=192.0.2.204 ", event="decision")
     assert f"...[+{60_008 - MAX_VALUE} chars]" in line and len(line) < 6 * MAX_VALUE
     assert_alive(milter)
 

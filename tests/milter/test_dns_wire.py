@@ -72,7 +72,7 @@ def test_dns_decisions(dns_milter: MilterProcess, addr: str, sender: str,
 def test_listing_is_logged_with_its_txt(dns_milter: MilterProcess) -> None:
     with dns_milter.client() as client:
         mail_from(client, addr="192.0.2.77")
-    line = dns_milter.wait_for_log("client=192.0.2.77")
+    line = dns_milter.wait_for_log("client=192.0.2.77", event="decision")
     assert "check=dnsbl" in line and "Listed 192.0.2.77" in line
 
 

@@ -96,7 +96,7 @@ def test_discard_whole_message_30(milter: MilterProcess) -> None:
     with milter.client() as client:
         reply = mail_from(client, "<a@discard.example>")
     assert reply.action == "discard"
-    line = milter.wait_for_log("sender=a@discard.example")
+    line = milter.wait_for_log("sender=a@discard.example", event="decision")
     assert "action=discard" in line and catalogue.get("deleted_by_filter").text in line
 
 
@@ -124,7 +124,7 @@ def test_transactions_reset_within_a_connection(milter: MilterProcess) -> None:
 def test_decision_log_names_the_rule(milter: MilterProcess) -> None:
     with milter.client() as client:
         assert_reply(mail_from(client, addr="192.0.2.66"), "access_denied")
-    line = milter.wait_for_log("client=192.0.2.66")
+    line = milter.wait_for_log("client=192.0.2.66", event="decision")
     access = FIXTURE_RULES / "access"
     assert f"rule={access}:1" in line
     assert f'reply="{catalogue.get("access_denied").reply_line()}"' in line

@@ -412,8 +412,8 @@ def test_one_log_line_per_decision(session: Session, caplog: pytest.LogCaptureFi
         session.rcpt("<postmaster@example.com>", [], "Q9")
         session.eom("Q9")
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2
-    reject, accept = lines
+    assert [line.split()[0] for line in lines] == ["event=decision"] * 2 + ["event=envelope"]
+    reject, accept = lines[:2]
     assert "stage=rcpt" in reject and "qid=Q9" in reject and "rcpt=nobody@example.com" in reject
     assert "rule=" + str(Path("tests/fixtures/rules/domains")) in reject or "domains:1" in reject
     assert "action=accept" in accept and "rcpt=postmaster@example.com" in accept
