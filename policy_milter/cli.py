@@ -22,6 +22,7 @@ from . import __version__, catalogue
 from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, configure, reopen
+from .offline import commands
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background
@@ -78,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--timeout", type=int, default=600,
                      help="seconds to wait for the MTA before dropping a connection")
+    commands.add_parsers(sub, DEFAULT_RULES, _socket_spec)
     return top
 
 
@@ -276,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "checks":
         print(order.markdown())
         return 0
-    commands = {"check": check, "challenges": challenges, "run": run}
-    return commands[args.command](args)
+    handlers = {"check": check, "challenges": challenges, "run": run,
+                "test": commands.run_test, "ping": commands.run_ping,
+                "replay": commands.run_replay, "explain": commands.run_explain}
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

@@ -71,13 +71,16 @@ class Plan:
     after_accept: tuple[Hook, ...]
 
     @classmethod
-    def build(cls, policy: Policy, live: Live) -> Plan:
+    def build(cls, policy: Policy, live: Live, leave_out: frozenset[str] = frozenset()) -> Plan:
+        """``leave_out``: checks not to run at all (``policy-milter test --dns off``)."""
         settings = policy.settings
         checks: dict[Stage, list[Check]] = {stage: [] for stage in Stage}
         prefetch: dict[Stage, list[Hook]] = {stage: [] for stage in Stage}
         needs: set[str] = set()
         after: list[Hook] = []
         for spec in ORDER:
+            if spec.name in leave_out:
+                continue
             if spec.run is None:
                 index = policy.rules(spec.name, spec.stage)
                 if not index:
@@ -140,17 +143,18 @@ class Engine:
     with.  The services a replaced plan alone used are closed when its last session ends."""
 
     def __init__(self, policy: Policy, services: Services | None = None,
-                 log: DecisionLog | None = None) -> None:
+                 log: DecisionLog | None = None, leave_out: frozenset[str] = frozenset()) -> None:
         self.services = services or Services()
         self.log = log or DecisionLog()
-        self.plan = Plan.build(policy, build(policy, self.services))
+        self.leave_out = leave_out
+        self.plan = Plan.build(policy, build(policy, self.services), leave_out)
         self._users: dict[int, int] = {id(self.plan): 0}  # open sessions per plan
         self._retired: list[Plan] = []
         self._lock = threading.Lock()
         self.stopping = False  # set on SIGTERM: new connections are told to come back
 
     def reload(self, policy: Policy) -> None:
-        plan = Plan.build(policy, build(policy, self.services, self.plan.live))
+        plan = Plan.build(policy, build(policy, self.services, self.plan.live), self.leave_out)
         with self._lock:
             self._retired.append(self.plan)
             self.plan = plan

@@ -3,10 +3,10 @@
     event=decision qid=4ZxK1 stage=rcpt client=192.0.2.7 client_name=mx.example.net
     helo=mx.example.net sender=a@example.net rcpt=b@example.com rule=rules/access:12
     check=access action=reject reply="..." monitor=no
-    duration_ms=0.180 detail="..." rules_hash=3f2a9c0d51e7
+    duration_ms=0.180 detail="..." rules_hash=3f2a9c0d51e7 entry=access_denied
 
-(one line in the log; ``reply`` is the catalogue entry's reply line, here
-``access_denied``'s; ``rules_hash`` the short hash of the rules that decided, which the
+(one line in the log; ``reply`` is the catalogue entry's reply line and ``entry`` its
+name; ``rules_hash`` the short hash of the rules that decided, which the
 start and reload lines print with the rules directory).  Decisions at DATA and end of message
 name the recipients they apply to, comma-separated.  Each transaction also gets one
 ``event=envelope`` line when it ends (see transcript.py): what a replay needs.
@@ -108,7 +108,8 @@ class DecisionLog:
             action=decision.action.value, reply=decision.reply_line(),
             monitor="yes" if decision.monitor else "no",
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
-            detail=decision.detail, rules_hash=conn.rules_hash))
+            detail=decision.detail, rules_hash=conn.rules_hash,
+            entry=decision.entry.name if decision.entry else ""))
 
     def accepted(self, conn: Connection, txn: Transaction, quarantine: str,
                  started: float) -> None:
@@ -117,7 +118,7 @@ class DecisionLog:
             rcpt=_recipients(txn.recipients), rule="", check="",
             action="quarantine" if quarantine else "accept", reply="", monitor="no",
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
-            detail=quarantine, rules_hash=conn.rules_hash))
+            detail=quarantine, rules_hash=conn.rules_hash, entry=""))
 
     def envelope(self, conn: Connection, txn: Transaction | None, env: Envelope) -> None:
         """The transaction's envelope and answers, once, when it ends (transcript.py)."""

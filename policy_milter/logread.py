@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _START = re.compile(r"(?:^|\s)(?:ts=(\S+) )?level=")
 _PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -117,3 +117,20 @@ def _lines(path: str) -> Iterator[str]:
         return
     with open(path, encoding="utf-8", errors="surrogateescape") as lines:
         yield from lines
+
+
+_AGO = re.compile(r"(\d+)([mhd])")
+_UNIT = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
+
+
+def moment(text: str, now: datetime | None = None) -> datetime:
+    """A ``--since``/``--until`` bound: an ISO 8601 date or time (UTC unless it says),
+    or a span before now such as ``90m``, ``24h``, ``7d``; ValueError otherwise."""
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return (now or datetime.now(UTC)) - int(ago.group(1)) * _UNIT[ago.group(2)]
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO 8601 date or time, nor a span like 24h")
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)

@@ -16,7 +16,8 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = ["EomResult", "MilterClient", "MilterProtocolError", "MilterTimeout", "Reply"]
+__all__ = ["EomResult", "MilterClient", "MilterProtocolError", "MilterTimeout", "Reply",
+           "split_message"]
 
 SMFI_PROT_VERSION = 6
 MILTER_CHUNK_SIZE = 65535
@@ -281,7 +282,7 @@ class MilterClient:
         stage_macros = dict(macros or {})
         if unexpected := stage_macros.keys() - {"eoh", "eom"}:
             raise ValueError(f"message() takes macros only for 'eoh' and 'eom', not {unexpected}")
-        headers, body = _split_message(raw, keep_space=bool(self.protocol & SMFIP_HDR_LEADSPC))
+        headers, body = split_message(raw, keep_space=bool(self.protocol & SMFIP_HDR_LEADSPC))
         for name, value in headers:
             if _ends_message(reply := self.header(name, value)):
                 return reply
@@ -485,7 +486,7 @@ def _ends_message(reply: Reply) -> bool:
     return reply.action == "accept" or not reply.passed
 
 
-def _split_message(raw: bytes, keep_space: bool) -> tuple[list[tuple[str, bytes]], bytes]:
+def split_message(raw: bytes, keep_space: bool) -> tuple[list[tuple[str, bytes]], bytes]:
     """Split raw bytes into (name, value) headers and a CRLF body, as Postfix frames them.
 
     A line that is neither a header nor a continuation ends the headers and starts

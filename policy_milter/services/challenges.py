@@ -40,6 +40,7 @@ from .errors import DependencyError
 
 CHUNK = 64 * 1024  # messages are copied in chunks this size: never read whole
 SUFFIX = ".eml"  # spool file of a held message: <id>.eml; anything else there is temporary
+DATABASE = "challenges.sqlite3"
 
 _COLUMNS = "id, token, sender, recipient, queued_at, size"
 _SCHEMA = """
@@ -126,14 +127,14 @@ def _key(address: str) -> str:
 
 
 class SqliteChallengeStore:
-    """ChallengeStore in ``directory``: challenges.sqlite3 and spool/.  Thread-safe (one
+    """ChallengeStore in ``directory``: the DATABASE and spool/.  Thread-safe (one
     connection behind a lock) and safe to share with other processes."""
 
     def __init__(self, directory: Path, timeout: float = 10.0) -> None:
         self.directory = directory
         self._spool = directory / "spool"
         self._lock = threading.Lock()
-        database = directory / "challenges.sqlite3"
+        database = directory / DATABASE
         with self._errors(f"opening {directory}"):
             self._private(database)
             self._db = sqlite3.connect(database, timeout=timeout,
