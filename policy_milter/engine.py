@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -152,6 +154,7 @@ class Engine:
         self._retired: list[Plan] = []
         self._lock = threading.Lock()
         self.stopping = False  # set on SIGTERM: new connections are told to come back
+        self._ids = itertools.count(1)
 
     def reload(self, policy: Policy) -> None:
         plan = Plan.build(policy, build(policy, self.services, self.plan.live), self.leave_out)
@@ -165,7 +168,9 @@ class Engine:
         with self._lock:
             plan = self.plan
             self._users[id(plan)] += 1
-        return Session(plan, self.services, self.log, lambda: self._closed(plan), self.stopping)
+        session_id = f"{os.getpid():x}.{next(self._ids):x}"
+        return Session(plan, self.services, self.log, lambda: self._closed(plan), self.stopping,
+                       session_id)
 
     def _closed(self, plan: Plan) -> None:
         with self._lock:
@@ -219,14 +224,15 @@ class Session:
     """One SMTP connection as the engine sees it."""
 
     def __init__(self, plan: Plan, services: Services, log: DecisionLog,
-                 on_close: Callable[[], None] = lambda: None, stopping: bool = False) -> None:
+                 on_close: Callable[[], None] = lambda: None, stopping: bool = False,
+                 session_id: str = "") -> None:
         self.plan = plan
         self._on_close = on_close
         self.stopping = stopping
         self.policy = plan.policy
         self.services = services
         self.log = log
-        self.conn = Connection(rules_hash=plan.policy.digest)
+        self.conn = Connection(rules_hash=plan.policy.digest, session_id=session_id)
         self.txn: Transaction | None = None
         self.transcript = Transcript(log, self.conn)
         self.trace: Trace | None = None  # policy-milter test follows each check with it

@@ -5,8 +5,9 @@
     check=access action=reject reply="..." monitor=no
     duration_ms=0.180 detail="..." rules_hash=3f2a9c0d51e7 entry=access_denied
 
-(one line in the log; ``reply`` is the catalogue entry's reply line and ``entry`` its
-name; ``rules_hash`` the short hash of the rules that decided, which the
+(one line in the log, ending ``session=...``; ``reply`` is the catalogue entry's reply
+line and ``entry`` its name; ``session`` names the connection, since the MTA may give
+no queue id before the first recipient is accepted; ``rules_hash`` the short hash of the rules that decided, which the
 start and reload lines print with the rules directory).  Decisions at DATA and end of message
 name the recipients they apply to, comma-separated.  Each transaction also gets one
 ``event=envelope`` line when it ends (see transcript.py): what a replay needs.
@@ -109,7 +110,7 @@ class DecisionLog:
             monitor="yes" if decision.monitor else "no",
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
             detail=decision.detail, rules_hash=conn.rules_hash,
-            entry=decision.entry.name if decision.entry else ""))
+            entry=decision.entry.name if decision.entry else "", session=conn.session_id))
 
     def accepted(self, conn: Connection, txn: Transaction, quarantine: str,
                  started: float) -> None:
@@ -118,7 +119,7 @@ class DecisionLog:
             rcpt=_recipients(txn.recipients), rule="", check="",
             action="quarantine" if quarantine else "accept", reply="", monitor="no",
             duration_ms=f"{(time.perf_counter() - started) * 1000:.3f}",
-            detail=quarantine, rules_hash=conn.rules_hash, entry=""))
+            detail=quarantine, rules_hash=conn.rules_hash, entry="", session=conn.session_id))
 
     def envelope(self, conn: Connection, txn: Transaction | None, env: Envelope) -> None:
         """The transaction's envelope and answers, once, when it ends (transcript.py)."""
@@ -130,7 +131,7 @@ class DecisionLog:
             size="" if txn is None or txn.declared_size is None else txn.declared_size,
             result=env.result, stage=env.stage, rule=env.rule)
             + f" rcpts={quote(rcpts, len(rcpts))} rcpts_omitted={omitted} "
-            + fields(rules_hash=conn.rules_hash))
+            + fields(rules_hash=conn.rules_hash, session=conn.session_id))
 
     def internal_error(self, stage: Stage | None, conn: Connection, txn: Transaction | None,
                        err: BaseException) -> None:
@@ -138,20 +139,21 @@ class DecisionLog:
         trace = "".join(traceback.format_exception(err)).strip()
         self.logger.error(fields(event="internal_error", stage=stage.value if stage else "",
                                  **self._session(conn, txn), error=repr(err))
-                          + f" trace={quote(trace, MAX_TRACE)}")
+                          + f" trace={quote(trace, MAX_TRACE)} session={quote(conn.session_id)}")
 
     def dependency_failure(self, check: str, service: str, conn: Connection,
                            txn: Transaction | None, detail: str, action: str, rule: str) -> None:
         """A check's dependency failed; ``rule`` is where the failure setting applied is."""
         self.logger.warning(fields(event="dependency_failure", check=check, service=service,
                                    **self._session(conn, txn), action=action, rule=rule,
-                                   detail=detail))
+                                   detail=detail, session=conn.session_id))
 
     def not_checked(self, check: str, conn: Connection, txn: Transaction | None, cause: str,
                     action: str, rule: str) -> None:
         """A check could not look at the whole message; ``rule`` is unscannable_action's."""
         self.logger.warning(fields(event="not_checked", check=check, **self._session(conn, txn),
-                                   action=action, rule=rule, detail=cause))
+                                   action=action, rule=rule, detail=cause,
+                                   session=conn.session_id))
 
     def event(self, event: str, level: int = logging.INFO, **values: Any) -> None:
         self.logger.log(level, fields(event=event, **values))

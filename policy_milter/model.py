@@ -33,6 +33,7 @@ class Connection:
     auth_login: str = ""  # {auth_authen}, known from MAIL FROM on
     lookups: dict[tuple[str, str], Future[Any]] = field(default_factory=dict)  # DNS, by key
     rules_hash: str = ""  # the short hash of the rules that decide this connection
+    session_id: str = ""  # names the connection in the log: PID.N, in hex
 
     @property
     def authenticated(self) -> bool:

@@ -21,7 +21,7 @@ from ..services.dnsstub import StubError
 from . import render
 from .play import (OUTCOMES, Played, Script, captured_log, envelope_arg, play, play_wire,
                    silent_log)
-from .explain import explain
+from .explain import explain, transaction
 from .replay import replay
 from .replay import script as replay_script
 from .services import offline
@@ -190,25 +190,25 @@ def run_explain(args: argparse.Namespace) -> int:
         print(f"policy-milter: the rules in {args.rules} have errors "
               f"({len(err.errors)}); showing the files as they are", file=sys.stderr)
         policy = None
+    envelope = None
     try:
         if args.qid:
-            found = [r for r in logread.records(args.log) if r["qid"] == args.qid]
+            decisions, envelope = transaction(logread.records(args.log), args.qid)
         else:
             lines = sys.stdin if args.line == "-" else [args.line]
-            found = [r for r in (logread.parse(line.rstrip("\n"), "argument") for line in lines)
-                     if r is not None]
+            decisions = [r for r in (logread.parse(line.rstrip("\n"), "argument")
+                                     for line in lines) if r is not None
+                         and r.event == "decision"]
     except OSError as err:
         print(f"policy-milter: {err}", file=sys.stderr)
         return EXIT_USAGE
-    decisions = [r for r in found if r.event == "decision"]
     if not decisions:
         print("policy-milter: no decision line to explain" +
               (f" for queue id {args.qid}" if args.qid else ""), file=sys.stderr)
         return EXIT_USAGE
     blocks = ["\n".join(explain(r, policy, args.rules).lines) for r in decisions]
-    envelopes = [r for r in found if r.event == "envelope"]
-    if envelopes and policy is not None:
-        blocks.append(_now(envelopes[-1], policy))
+    if envelope is not None and policy is not None:
+        blocks.append(_now(envelope, policy))
     print("\n\n".join(blocks))
     return 0
 

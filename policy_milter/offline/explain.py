@@ -10,7 +10,7 @@ transaction's envelope is replayed under the rules as they are now.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,6 +204,34 @@ _CAUSES: dict[str, Callable[[Record, Callable[[str], str]], str]] = {
         f"let the client relay: relay_networks ({at('relay_networks')}) or a login; or "
         f"make the domain ours in the domains table ({at('domains')})"),
 }
+
+
+def transaction(records: Iterable[Record], qid: str) -> tuple[list[Record], Record | None]:
+    """The decision lines about queue id ``qid`` and its envelope line.  The MTA may name
+    no queue id before the first recipient is accepted (Postfix), so the lines of the
+    same session since its previous envelope count too; the file is read once, keeping
+    only each session's lines since its last envelope."""
+    pending: dict[str, list[Record]] = {}
+    found: list[Record] = []
+    envelope = None
+    for record in records:
+        session = record["session"]
+        if record.event == "envelope":
+            lines = pending.pop(session, [])
+            if record["qid"] == qid:
+                found += [r for r in lines if r not in found]
+                envelope = record
+        elif record.event == "decision":
+            if record["qid"] == qid:
+                found.append(record)
+            elif session:
+                pending.setdefault(session, []).append(record)
+    return sorted(found, key=lambda r: _line_number(r.source)), envelope
+
+
+def _line_number(source: str) -> tuple[str, int]:
+    path, _, number = source.rpartition(":")
+    return path, int(number) if number.isdigit() else 0
 
 
 def _shown(value: object) -> str:

@@ -127,22 +127,27 @@ def _private_logger(name: str, handler: logging.Handler) -> logging.Logger:
     return logger
 
 
+def _reply(decision: Decision) -> tuple[str, str]:
+    """The reply the client reads ('' for an outcome such as discard, which it never
+    sees), and the catalogue entry's name."""
+    entry = decision.entry
+    if entry is None:
+        return "", ""
+    return (decision.reply_line() if entry.code else ""), entry.name
+
+
 def _step(decision: Decision | None, seconds: float, check: str) -> Step:
     if decision is None:
         return Step(check, "skipped", detail="a white entry skipped it")
-    entry = decision.entry
-    return Step(check, decision.action.value, decision.rule, decision.reply_line(),
-                entry.name if entry else "", decision.detail, round(seconds * 1000, 3),
-                decision.monitor)
+    return Step(check, decision.action.value, decision.rule, *_reply(decision),
+                decision.detail, round(seconds * 1000, 3), decision.monitor)
 
 
 def _stage_run(stage: Stage, subject: str, decision: Decision, seconds: float,
                steps: list[Step]) -> StageRun:
     answer = decision.action.value if decision.stops else "continue"
-    entry = decision.entry
-    return StageRun(stage.value, subject, answer, decision.reply_line(),
-                    entry.name if entry else "", decision.rule, decision.check,
-                    decision.detail, round(seconds * 1000, 3), steps)
+    return StageRun(stage.value, subject, answer, *_reply(decision), decision.rule,
+                    decision.check, decision.detail, round(seconds * 1000, 3), steps)
 
 
 class _Player:
@@ -207,8 +212,6 @@ def _play(player: _Player, s: Session, script: Script,
         rcpt = player.run(Stage.RCPT, arg, partial(s.rcpt, arg, params, qid))
         if rcpt.stops:
             refusals.append(rcpt.action.value)
-        elif s.txn is not None and s.txn.discarded and s.txn.discarded[-1].given == arg:
-            player.stages[-1].answer = "discard"
     if len(refusals) == len(script.rcpts):
         return ("tempfailed" if "tempfail" in refusals else "rejected"), []
     data = player.run(Stage.DATA, "", lambda: s.data(qid))
@@ -230,14 +233,24 @@ def _play(player: _Player, s: Session, script: Script,
         held = final.action is Action.DISCARD and final.check == "challenge"
         return "held" if held else _PAST[final.action.value], []
     player.stages[-1].answer = "accept"
-    changes = [f"add header {name}: {value}" for name, value in result.add_headers]
-    changes += [f"change header {name}[{index}]: {value}"
+    changes = [change("addheader", name, value) for name, value in result.add_headers]
+    changes += [change("chgheader", index, name, value)
                 for name, index, value in result.change_headers]
-    changes += [f"remove recipient {rcpt}" for rcpt in result.delete_recipients]
+    changes += [change("delrcpt", rcpt) for rcpt in result.delete_recipients]
     if result.quarantine:
-        changes.append(f"quarantine: {result.quarantine}")
+        changes.append(change("quarantine", result.quarantine))
         return "held", changes
     return "accepted", changes
+
+
+def change(kind: str, *args: object) -> str:
+    """A change to the message, named as the milter protocol names it, alike whether
+    the engine asked for it here or a milter did over the wire."""
+    if kind == "addheader":
+        return f"addheader {args[0]}: {args[1]}"
+    if kind == "chgheader":
+        return f"chgheader {args[1]}[{args[0]}]: {args[2]}"
+    return " ".join(map(str, (kind, *args)))
 
 
 # -- over the milter protocol -----------------------------------------------------------
@@ -299,11 +312,12 @@ def play_wire(socket: str, script: Script, timeout: float = 30.0) -> Played:
         reply = final.reply if isinstance(final, EomResult) else final
         stages.append(_wire_run(Stage.EOM, f"{len(script.message)} octets", reply,
                                 time.perf_counter() - started))
-        changes = [f"{kind} {' '.join(map(str, args))}" for kind, args in
+        changes = [change(kind, *args) for kind, args in
                    (final.modifications if isinstance(final, EomResult) else [])]
-    if any(kind.startswith("quarantine") for kind in changes) and reply.passed:
-        return Played(stages, "held", changes, notes, [])
-    stages[-1].answer = "accept" if reply.passed else stages[-1].answer
+    if reply.passed:
+        stages[-1].answer = "accept"
+        if any(kind.startswith("quarantine") for kind in changes):
+            return Played(stages, "held", changes, notes, [])
     return Played(stages, _wire_outcome(stages[-1]), changes, notes, [])
 
 

@@ -118,7 +118,7 @@ def test_a_hostile_session_is_one_bounded_line(caplog: pytest.LogCaptureFixture)
     trace = f"ValueError: {err}"
     assert line.count("...[+49000 chars]") == 2  # client_name, helo
     assert f"...[+{len(repr(err)) - MAX_VALUE} chars]" in line
-    assert line.endswith(f'...[+{len(trace) - MAX_TRACE} chars]"')
+    assert line.endswith(f'...[+{len(trace) - MAX_TRACE} chars]" session=""')
 
 
 def test_log_file_is_reopened_after_rotation(tmp_path: Path) -> None:
