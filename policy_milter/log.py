@@ -124,8 +124,10 @@ class DecisionLog:
     def envelope(self, conn: Connection, txn: Transaction | None, env: Envelope) -> None:
         """The transaction's envelope and answers, once, when it ends (transcript.py)."""
         rcpts, omitted = env.rcpts_json()
+        session = self._session(conn, txn)
+        session["qid"] = session["qid"] or env.queue_id
         self.logger.info(fields(
-            event="envelope", **self._session(conn, txn),
+            event="envelope", **session,
             listener=conn.listener, login=conn.auth_login, tls="yes" if conn.tls else "no",
             mail_from=env.mail_from, params=" ".join(env.params),
             size="" if txn is None or txn.declared_size is None else txn.declared_size,

@@ -37,6 +37,7 @@ class Envelope:
     """One transaction as the client sent it, with the answers it got."""
 
     mail_from: str = ""  # the MAIL argument as given; '' for a session without MAIL
+    queue_id: str = ""  # as the MTA named it at MAIL, for a transaction refused there
     params: tuple[str, ...] = ()
     rcpts: list[tuple[str, tuple[str, ...], str, str]] = field(default_factory=list)
     result: str = ABORTED  # accept, quarantine, reject, tempfail, discard, abort
@@ -75,9 +76,9 @@ class Transcript:
         if stage is Stage.HELO:
             self.greeting = (stage, decision)
         elif stage is Stage.MAIL:
-            arg, params = args[0], args[1]
+            arg, params, queue_id = args[0], args[1], args[3]
             assert isinstance(arg, str) and isinstance(params, Sequence)
-            self.current = Envelope(arg, tuple(str(p) for p in params))
+            self.current = Envelope(arg, str(queue_id), tuple(str(p) for p in params))
             if decision.stops:
                 self.current.decided(stage, decision)
                 self.end(txn)

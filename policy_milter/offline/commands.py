@@ -67,6 +67,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],  # noq
     test.add_argument("--connect", type=socket_type, metavar="SOCKET",
                       help="play the session over the milter protocol against the milter "
                            "listening there instead")
+    test.add_argument("--qid", default="TEST", help="the queue id the MTA reports "
+                                                    "(default TEST)")
     test.add_argument("--json", action="store_true", help="print JSON")
     replayed = sub.add_parser(
         "replay", help="play the envelopes of past traffic against other rules",
@@ -106,7 +108,7 @@ def _script(args: argparse.Namespace) -> Script:
         client=args.client, helo=args.helo, sender=envelope_arg(args.sender),
         rcpts=tuple((envelope_arg(r), ()) for r in args.rcpt), client_name=args.client_name,
         listener=args.listener, login=args.auth, tls=args.tls,
-        params=tuple(args.mail_param), message=message)
+        params=tuple(args.mail_param), message=message, queue_id=args.qid)
 
 
 def run_test(args: argparse.Namespace) -> int:
@@ -225,8 +227,9 @@ def _now(record: logread.Record, policy: Policy) -> str:
              f"of {record['qid'] or 'this transaction'} ({record.source}) gets:"]
     for run in played.stages:
         if run.answer != "continue" or run.stage == "rcpt":
+            answer = "accept" if run.answer == "continue" else run.answer
             lines.append(f"  {run.stage:<5} {quote(run.subject) if run.subject else ''}  "
-                         f"{run.answer}" + (f"  {run.rule}" if run.rule else "")
+                         f"{answer}" + (f"  {run.rule}" if run.rule else "")
                          + (f"  {run.reply}" if run.reply else ""))
     lines += [f"  ({note})" for note in played.notes]
     return "\n".join(lines)

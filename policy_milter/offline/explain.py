@@ -145,7 +145,7 @@ def _hash(out: Explanation, logged: str, policy: Policy | None, rules_dir: str) 
     elif not logged:
         out.add("rules", f"the line names no rules hash; {policy.digest} is loaded now")
     elif logged == policy.digest:
-        out.add("rules", f"{logged}: the rules that decided are the rules in {rules_dir}")
+        out.add("rules", f"{logged}: {rules_dir} holds the rules that decided, unchanged")
     else:
         out.add("rules", f"WARNING: the rules changed since: the line was decided by "
                          f"{logged}, {rules_dir} is {policy.digest} now; the line above "
@@ -235,6 +235,8 @@ def _line_number(source: str) -> tuple[str, int]:
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, tuple | frozenset | list):
         return ", ".join(map(str, value)) or "(empty)"
     return str(value)

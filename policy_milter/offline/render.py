@@ -67,9 +67,10 @@ def replay_text(summary: Summary, heading: list[str], notes: list[str]) -> str:
             lines.append(f"  {len(changes):>6}  {rule}  {decided.answer} at {decided.stage}"
                          + (f"  {decided.reply}" if decided.reply else ""))
             for change in changes[:EXAMPLES]:
-                target = quote(change.rcpt) if change.rcpt else "(recipients never sent)"
+                target = quote(change.rcpt) if change.rcpt else "(no recipient sent)"
+                sender = quote(change.sender) if change.sender else "(no MAIL)"
                 lines.append(f"          {change.qid or '-'} {change.client} "
-                             f"{quote(change.sender)} -> {target}  "
+                             f"{sender} -> {target}  "
                              f"(was {change.before.answer}, now {change.now.answer})  "
                              f"{change.source}")
     lines += ["", "not compared:",

@@ -120,7 +120,7 @@ def test_explain_a_line_of_the_running_milters_log(milter: MilterProcess,
     source = (FIXTURE_RULES / "access").read_text().splitlines()[2]
     assert f"     3 | {source}" in result.stdout
     assert "catalogue  access_denied (row " in result.stdout
-    assert "the rules that decided are the rules in" in result.stdout
+    assert "holds the rules that decided, unchanged" in result.stdout
     piped = cli("explain", "--rules", str(FIXTURE_RULES), "-", stdin=f"noise\n{line}\n")
     assert piped.stdout == result.stdout
 

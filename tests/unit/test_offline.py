@@ -271,7 +271,7 @@ def test_explain_shows_the_rule_text_entry_and_what_to_change(
     domains = (FIXTURE_RULES / "domains").read_text().splitlines()[0]
     assert f"     1 | {domains}" in text
     assert "catalogue  unknown_user_local (row " in text
-    assert "the rules that decided are the rules in rules" in text
+    assert "rules holds the rules that decided, unchanged" in text
     assert fixture_policy.where["accounts"] in text  # where to add the mailbox
 
 

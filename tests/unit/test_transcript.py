@@ -68,6 +68,7 @@ def test_every_way_a_transaction_ends_is_logged_once(
         session.close()
     [env] = records(caplog, "envelope")
     assert (env["mail_from"], env["result"], env["stage"]) == (sender, result, stage)
+    assert env["qid"] == "Q1"  # as the MTA named it at MAIL, refused there or not
 
 
 def test_a_new_mail_ends_the_previous_transaction(
