@@ -3,14 +3,18 @@ real clamd and spamd; hangs, garbage and closed ports come from our own fake."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from policy_milter import catalogue
 from policy_milter.mtaclient import EomResult, MilterClient, Reply
-from tests.conftest import copy_rules
+from tests.conftest import REPO, copy_rules
 from tests.milter.conftest import MilterProcess, start_milter
 from tests.support.scanners import (
     ClamdServer,
@@ -232,3 +236,41 @@ def test_spam_scanner_failure_tempfail_wins_over_failure_action_accept(
                                              failure_action="accept"))
         with process.client() as client:
             assert_reply(final(send(client, clean_message())), "scanner_tempfail")
+
+
+@pytest.mark.parametrize("raw, entry, tagged", [
+    (eicar_attachment(), "virus_found", False),
+    (gtube_message(), "", True),
+    (clean_message(), "", False),
+], ids=["virus", "spam tagged", "clean"])
+def test_policy_milter_test_with_the_scanners_answers_as_the_milter(
+        content_milter: MilterProcess, tmp_path: Path, raw: bytes, entry: str,
+        tagged: bool) -> None:
+    """``policy-milter test --scanners on`` asks the same clamd and spamd, and its answer
+    at end of message is the running milter's, reply and changes alike (spamd's score
+    headers on every message it passes; the Subject tag only on spam)."""
+    message = tmp_path / "message.eml"
+    message.write_bytes(raw)
+    args = ["--client", "192.0.2.10", "--client-name", "mx.sender.example", "--helo",
+            "mx.sender.example", "--sender", "a@sender.example", "--rcpt",
+            "postmaster@example.com", str(message), "--json"]
+    offline = cli_json("test", "--rules", str(content_milter.rules), "--scanners", "on", *args)
+    wire = cli_json("test", "--connect", content_milter.socket, *args)
+    here, there = offline["stages"][-1], wire["stages"][-1]
+    assert here["stage"] == there["stage"] == "eom"
+    assert (here["answer"], here["reply"]) == (there["answer"], there["reply"])
+    assert here["entry"] == entry
+    assert [c.split(":")[0] for c in offline["changes"]] == [
+        c.split(":")[0] for c in wire["changes"]]
+    assert any(c.startswith("chgheader Subject") for c in offline["changes"]) is tagged
+    if entry:
+        [virus] = [s for s in here["steps"] if s["check"] == "virus"]
+        assert "Eicar" in virus["detail"]
+
+
+def cli_json(*args: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", "policy_milter.cli", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stderr == ""
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed

@@ -20,6 +20,7 @@ import pytest
 
 from policy_milter import catalogue
 from policy_milter.mtaclient import MilterClient, Reply
+from policy_milter.rules.policy import load
 from policy_milter.stages import Stage
 from tests.conftest import FIXTURE_RULES, REPO
 from tests.milter.conftest import MilterProcess
@@ -152,12 +153,20 @@ def test_sighup_reloads_and_keeps_old_rules_on_error(
         fresh_milter: Callable[..., MilterProcess], make_rules: Callable[..., Path]) -> None:
     rules = make_rules()
     process = fresh_milter(rules)
+    started = load(rules).digest
+    assert f"rules={rules} " in process.wait_for_log("event=start")
     assert three_recipients(process).passed
+    assert f" rules_hash={started} session=" in process.wait_for_log("", event="envelope")
     conf = rules / "policy.conf"
     conf.write_text(conf.read_text().replace("max_recipients = 5", "max_recipients = 2"))
     process.proc.send_signal(1)
-    process.wait_for_log("event=reload status=ok")
+    reloaded = load(rules).digest
+    assert reloaded != started
+    assert process.wait_for_log("event=reload status=ok").endswith(
+        f"rules={rules} rules_hash={reloaded}")
     assert_reply(three_recipients(process), "too_many_recipients")
+    refusal = process.wait_for_log("action=reject", event="decision")
+    assert f" rules_hash={reloaded} entry=too_many_recipients " in refusal
     conf.write_text(conf.read_text() + "bogus = 1\n")
     process.proc.send_signal(1)
     error = process.wait_for_log("event=reload_error")
