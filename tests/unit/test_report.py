@@ -19,81 +19,16 @@ from policy_milter.report import html, sections, text
 from policy_milter.report.period import moment
 from policy_milter.report.summary import RuleNames, Summary
 from policy_milter.rules.policy import Policy
-from tests.conftest import FIXTURE_RULES
+from tests.conftest import FIXTURE_RULES, REPO
 
+FIXTURES = REPO / "tests" / "fixtures"
 HASH = "d8ab35e16cb9"  # tests/fixtures/rules' (the log names their copy in /etc)
-CONN = "client=192.0.2.10 client_name=mx.sender.example helo=mx.sender.example"
+# Five transactions from 09:59 to 11:10 (one hour through syslog with its own stamp), a
+# rule in monitor mode, failures, an internal error, a syslog line of RFC 3164 (no year),
+# one from stderr (no time stamp), and two lines that are not ours.
+LOG = FIXTURES / "report.log"
 HOSTILE_HELO = "<script>alert(1)</script>"
 HOSTILE_SENDER = '"><svg/onload=alert(1)>@filtered.example'
-REFUSED = 'action=reject reply="550 5.7.1 Access not allowed" monitor=no duration_ms=0.061'
-LOG = f"""\
-ts=2026-11-30T09:58:00.000Z level=info event=start version=0.1.0 rules=/etc/policy-milter \
-pid=812 rules_hash={HASH}
-Nov 30 09:58:01 mx postfix/smtpd[901]: connect from unknown[192.0.2.66]
-ts=2026-11-30T09:59:10.000Z level=info event=decision stage=rcpt qid=Q1 {CONN} \
-sender=a@sender.example rcpt=nobody@example.com rule=/etc/policy-milter/domains:1 \
-check=recipients action=reject reply="550 5.1.1 Unknown user local" monitor=no \
-duration_ms=0.057 detail=nobody@example.com rules_hash={HASH}
-ts=2026-11-30T09:59:11.000Z level=info event=decision stage=rcpt qid=Q1 {CONN} \
-sender=a@sender.example rcpt=former@example.com rule=/etc/policy-milter/access:13 check=access \
-action=reject reply="550 5.7.1 Permission denied" monitor=no duration_ms=0.058 detail="" \
-rules_hash={HASH}
-ts=2026-11-30T09:59:12.000Z level=info event=decision stage=eom qid=Q1 {CONN} \
-sender=a@sender.example rcpt=postmaster@example.com,abuse@example.com rule="" check="" \
-action=accept reply="" monitor=no duration_ms=0.035 detail="" rules_hash={HASH}
-ts=2026-11-30T09:59:12.000Z level=info event=envelope qid=Q1 {CONN} sender=a@sender.example \
-mail_from=<a@sender.example> result=accept stage=eom rule="" rcpts=[] rules_hash={HASH}
-2026-11-30T11:05:00+01:00 mx policy-milter[812]: level=info event=decision stage=mail qid="" \
-client=192.0.2.66 client_name="" helo=spam.example sender=x@blocked.example rcpt="" \
-rule=/etc/policy-milter/access:3 check=access {REFUSED} detail="" rules_hash={HASH}
-2026-11-30T11:05:00+01:00 mx policy-milter[812]: level=info event=envelope qid="" \
-client=192.0.2.66 helo=spam.example mail_from=<x@blocked.example> result=reject stage=mail \
-rule=/etc/policy-milter/access:3 rcpts=[] rules_hash={HASH}
-ts=2026-11-30T10:20:00.000Z level=info event=decision stage=mail qid=Q3 {CONN} \
-sender=t@trial.example rcpt="" rule=/etc/policy-milter/access:8 check=access \
-action=reject reply="550 5.7.1 Access not allowed" monitor=yes duration_ms=0.076 detail="" \
-rules_hash={HASH}
-ts=2026-11-30T10:20:01.000Z level=info event=decision stage=eom qid=Q3 {CONN} \
-sender=t@trial.example rcpt=postmaster@example.com rule="" check="" action=accept reply="" \
-monitor=no duration_ms=0.022 detail="" rules_hash={HASH}
-ts=2026-11-30T10:20:01.000Z level=info event=envelope qid=Q3 {CONN} sender=t@trial.example \
-mail_from=<t@trial.example> result=accept stage=eom rule="" rcpts=[] rules_hash={HASH}
-ts=2026-11-30T10:30:00.000Z level=info event=decision stage=eom qid=Q4 client=203.0.113.5 \
-client_name="" helo="{HOSTILE_HELO}" sender="\\"><svg/onload=alert(1)>@filtered.example" \
-rcpt=postmaster@example.com,alice@example.com rule=/etc/policy-milter/filters:1 check=filters \
-action=reject reply="554 5.7.1 Message cannot be accepted, content filter rejection" \
-monitor=no duration_ms=0.3 detail="" rules_hash={HASH} entry=content_rejected
-ts=2026-11-30T10:30:00.000Z level=info event=envelope qid=Q4 client=203.0.113.5 result=reject \
-stage=eom rule=/etc/policy-milter/filters:1 rcpts=[] rules_hash={HASH}
-ts=2026-11-30T11:10:00.000Z level=warning event=dependency_failure check=dnsbl service=dns \
-qid="" client=198.51.100.7 helo=mail.example.net sender=b@example.net action=tempfail \
-rule=/etc/policy-milter/policy.conf:3 detail="timeout"
-ts=2026-11-30T11:10:00.000Z level=info event=decision stage=mail qid="" client=198.51.100.7 \
-client_name="" helo=mail.example.net sender=b@example.net rcpt="" \
-rule=/etc/policy-milter/policy.conf:3 check=dnsbl action=tempfail \
-reply="451 4.4.3 Temporary DNS failure, try again later" monitor=no duration_ms=3000.1 \
-detail="dns failed: timeout" rules_hash={HASH}
-ts=2026-11-30T11:10:00.000Z level=info event=envelope qid="" client=198.51.100.7 \
-result=tempfail stage=mail rule=/etc/policy-milter/policy.conf:3 rcpts=[] rules_hash={HASH}
-ts=2026-11-30T11:12:00.000Z level=info event=dnsbl_zone_error zone=bl.example \
-query=7.100.51.198.bl.example answer=127.255.255.254 rule=/etc/policy-milter/dnsbl:1
-ts=2026-11-30T11:15:00.000Z level=warning event=not_checked check=content qid=Q6 \
-client=192.0.2.10 action=accept rule=/etc/policy-milter/policy.conf:9 detail="too big"
-ts=2026-11-30T11:20:00.000Z level=error event=internal_error stage=eom qid=Q7 error="KeyError()"
-Nov 30 11:30:00 mx policy-milter[812]: level=info event=decision stage=mail qid="" \
-client=198.51.100.99 helo=partner.example sender=p@partner.example rcpt="" \
-rule=/etc/policy-milter/access:6 check=access action=permit reply="" monitor=no \
-duration_ms=0.02 detail="" rules_hash={HASH}
-a line that is not ours at all
-policy-milter: level=info event=stop signal=SIGTERM open_sessions=0
-"""
-
-
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    path = tmp_path / "milter.log"
-    path.write_text(LOG, encoding="utf-8")
-    return path
 
 
 def summarise(log: Path, policy: Policy | None = None, since: datetime | None = None,
@@ -104,8 +39,8 @@ def summarise(log: Path, policy: Policy | None = None, since: datetime | None = 
     return summary
 
 
-def test_every_count_of_the_log(log: Path, fixture_policy: Policy) -> None:
-    s = summarise(log, fixture_policy)
+def test_every_count_of_the_log(fixture_policy: Policy) -> None:
+    s = summarise(LOG, fixture_policy)
     assert s.records == 20  # the postfix line and the stray one are not ours
     assert s.events == {"start": 1, "decision": 9, "envelope": 5, "dependency_failure": 1,
                         "dnsbl_zone_error": 1, "not_checked": 1, "internal_error": 1,
@@ -136,23 +71,23 @@ def test_every_count_of_the_log(log: Path, fixture_policy: Policy) -> None:
     assert s.hashes == {HASH: 9}
 
 
-def test_replies_are_known_by_their_catalogue_entry(log: Path) -> None:
-    [entries] = [t for t in sections.sections(summarise(log), 10) if t.key == "entry"]
+def test_replies_are_known_by_their_catalogue_entry() -> None:
+    [entries] = [t for t in sections.sections(summarise(LOG), 10) if t.key == "entry"]
     assert sorted(row[:3] for row in entries.rows) == [
         ("access_denied", "reject", 1), ("content_rejected", "reject", 1),
         ("dns_tempfail", "tempfail", 1), ("permission_denied", "reject", 1),
         ("unknown_user_local", "reject", 1)]  # the monitor line's reply is not among them
 
 
-def test_a_rule_that_never_matched_is_listed(log: Path, fixture_policy: Policy) -> None:
-    s = summarise(log, fixture_policy)
+def test_a_rule_that_never_matched_is_listed(fixture_policy: Policy) -> None:
+    s = summarise(LOG, fixture_policy)
     access, filters = FIXTURE_RULES / "access", FIXTURE_RULES / "filters"
     assert s.unmatched == [f"{access}:{n}" for n in (1, 2, 4, 5, 7, 9, 10, 11, 12, 14, 15)] \
         + [f"{filters}:2"]  # access:8 matched in monitor mode only: it matched
 
 
-def test_since_and_until_bound_the_period(log: Path) -> None:
-    s = summarise(log, since=moment("2026-11-30T10:00"), until=moment("2026-11-30T11:00Z"))
+def test_since_and_until_bound_the_period() -> None:
+    s = summarise(LOG, since=moment("2026-11-30T10:00"), until=moment("2026-11-30T11:00Z"))
     assert s.outcomes == {"accept": 1, "reject": 2}
     assert {when.hour for when, _ in s.hours} == {10}
     assert s.events == {"decision": 4, "envelope": 3}  # no stamp, no place in a period
@@ -172,8 +107,8 @@ def test_a_rule_is_found_by_its_place_under_the_rules_directory(
     assert RuleNames([logged]).names(rule, "/srv/copy") is found
 
 
-def test_other_rules_than_the_logs_are_noted(log: Path, fixture_policy: Policy) -> None:
-    s = summarise(log, fixture_policy)
+def test_other_rules_than_the_logs_are_noted(fixture_policy: Policy) -> None:
+    s = summarise(LOG, fixture_policy)
     assert not any(label == "note" for label, _ in sections.heading(s))
     s.rules_hash = "0123456789ab"
     [(_, note)] = [item for item in sections.heading(s) if item[0] == "note"]
@@ -201,10 +136,10 @@ def test_a_moment_that_is_none_is_refused(given: str) -> None:
         moment(given)
 
 
-def test_text_is_aligned_and_greppable(log: Path, fixture_policy: Policy) -> None:
-    out = text.render(summarise(log, fixture_policy), 10)
+def test_text_is_aligned_and_greppable(fixture_policy: Policy) -> None:
+    out = text.render(summarise(LOG, fixture_policy), 10)
     rows = [line for line in out.splitlines() if line and not line.startswith("#")]
-    keys = {t.key for t in sections.sections(summarise(log, fixture_policy), 10)}
+    keys = {t.key for t in sections.sections(summarise(LOG, fixture_policy), 10)}
     assert rows and {row.split()[0] for row in rows} <= keys
     outcome = [row for row in rows if row.startswith("outcome ")]
     assert [row.split() for row in outcome] == [
@@ -225,15 +160,15 @@ def test_text_escapes_control_characters(tmp_path: Path) -> None:
     assert 'helo  "\\u001b[31mred\\nline"' in out
 
 
-def test_top_cuts_long_lists(log: Path) -> None:
-    [helos] = [t for t in sections.sections(summarise(log), 2) if t.key == "helo"]
+def test_top_cuts_long_lists() -> None:
+    [helos] = [t for t in sections.sections(summarise(LOG), 2) if t.key == "helo"]
     assert helos.rows[0] == ("mx.sender.example", 2) and len(helos.rows) == 2
     assert helos.more == 2
-    assert "# ... and 2 more (--top)" in text.render(summarise(log), 2)
+    assert "# ... and 2 more (--top)" in text.render(summarise(LOG), 2)
 
 
-def test_json_has_the_same_tables(log: Path) -> None:
-    doc = json.loads(sections.as_json(summarise(log), 10))
+def test_json_has_the_same_tables() -> None:
+    doc = json.loads(sections.as_json(summarise(LOG), 10))
     assert doc["outcome"]["rows"] == [{"outcome": "accept", "count": 2},
                                       {"outcome": "reject", "count": 2},
                                       {"outcome": "tempfail", "count": 1}]
@@ -243,8 +178,8 @@ def test_json_has_the_same_tables(log: Path) -> None:
     assert "unmatched" not in doc  # no rules given
 
 
-def test_html_escapes_what_the_log_carries(log: Path, fixture_policy: Policy) -> None:
-    page = html.page(summarise(log, fixture_policy), 10)
+def test_html_escapes_what_the_log_carries(fixture_policy: Policy) -> None:
+    page = html.page(summarise(LOG, fixture_policy), 10)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&quot;&gt;&lt;svg/onload=alert(1)&gt;@filtered.example" in page
     assert not re.search(r"<script|<svg/|onload=alert\(1\)>|<link|@import|url\(|src=|href=",
@@ -253,38 +188,38 @@ def test_html_escapes_what_the_log_carries(log: Path, fixture_policy: Policy) ->
     assert page.count('<svg class="chart"') == 3
 
 
-def test_html_charts_have_a_bar_per_hour_entry_and_check(log: Path) -> None:
-    page = html.page(summarise(log), 10)
+def test_html_charts_have_a_bar_per_hour_entry_and_check() -> None:
+    page = html.page(summarise(LOG), 10)
     bars = {name: len(re.findall(r'<g class="bar"', svg)) for name, svg in re.findall(
         r'data-chart="(\w+)"(.*?)</svg>', page, re.DOTALL)}
     assert bars == {"hours": 3, "entries": 5, "checks": 4}
 
 
-def test_the_command(log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     page = tmp_path / "report.html"
-    assert main(["report", "--rules", str(FIXTURE_RULES), "--html", str(page), str(log)]) == 0
+    assert main(["report", "--rules", str(FIXTURE_RULES), "--html", str(page), str(LOG)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# policy-milter report\n") and "outcome  accept" in out
     assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-    assert main(["report", "--json", "--since", "2026-11-30T10:00", str(log)]) == 0
+    assert main(["report", "--json", "--since", "2026-11-30T10:00", str(LOG)]) == 0
     assert json.loads(capsys.readouterr().out)["outcome"]["rows"][0]["count"] == 1
 
 
-def test_the_command_reads_stdin(log: Path, monkeypatch: pytest.MonkeyPatch,
+def test_the_command_reads_stdin(monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(log.read_bytes())))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(LOG.read_bytes())))
     assert main(["report"]) == 0
     assert ["outcome", "accept", "2"] in [line.split() for line in
                                           capsys.readouterr().out.splitlines()]
 
 
-def test_the_command_fails_clearly(log: Path, tmp_path: Path,
+def test_the_command_fails_clearly(tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "missing.log")]) == 2
     assert "missing.log" in capsys.readouterr().err
-    assert main(["report", "--rules", str(tmp_path), str(log)]) == 1
+    assert main(["report", "--rules", str(tmp_path), str(LOG)]) == 1
     assert "policy.conf: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        main(["report", "--since", "last tuesday", str(log)])
+        main(["report", "--since", "last tuesday", str(LOG)])
     assert exit_.value.code == 2
     assert "is not a date" in capsys.readouterr().err
