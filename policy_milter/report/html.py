@@ -12,7 +12,7 @@ from datetime import timedelta
 from html import escape
 
 from . import svg
-from .sections import Cell, Section, heading, hour, outcomes, ranked, sections
+from .sections import Cell, Section, heading, outcomes, ranked, sections
 from .summary import Summary
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -52,7 +52,8 @@ def _charts(summary: Summary, tables: dict[str, Section]) -> list[str]:
         first, last = min(h for h, _ in summary.hours), max(h for h, _ in summary.hours)
         hours = [first + timedelta(hours=i)
                  for i in range(int((last - first).total_seconds()) // 3600 + 1)]
-        stacks = [(hour(h), [(o, summary.hours[h, o]) for o in found]) for h in hours]
+        stacks = [(h.strftime("%m-%d %H:00"), [(o, summary.hours[h, o]) for o in found])
+                  for h in hours]
         title = "Transactions per hour (UTC), by outcome"
         out.append(f"<h2>{title}</h2>" + svg.columns("hours", title, stacks, found))
     entries = [(str(name), [(str(answer), int(count))])

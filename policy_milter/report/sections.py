@@ -67,7 +67,9 @@ def outcomes(summary: Summary) -> list[str]:
 
 def heading(summary: Summary) -> list[tuple[str, str]]:
     """What the report covers: the period asked for and seen, and the rules."""
-    lines = [("period", f"{stamp(summary.since)} .. {stamp(summary.until)}"),
+    bounds = [f"{word} {stamp(when)}" for word, when in (
+        ("since", summary.since), ("until", summary.until)) if when is not None]
+    lines = [("period", ", ".join(bounds) or "the whole log"),
              ("seen", f"{stamp(summary.first)} .. {stamp(summary.last)}"),
              ("records", str(summary.records))]
     hashes = ", ".join(f"{h or '-'} ({n} decisions)" for h, n in ranked(summary.hashes))

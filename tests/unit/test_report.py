@@ -91,6 +91,9 @@ def test_since_and_until_bound_the_period() -> None:
     assert s.outcomes == {"accept": 1, "reject": 2}
     assert {when.hour for when, _ in s.hours} == {10}
     assert s.events == {"decision": 4, "envelope": 3}  # no stamp, no place in a period
+    assert dict(sections.heading(s))["period"] == \
+        "since 2026-11-30T10:00:00Z, until 2026-11-30T11:00:00Z"
+    assert dict(sections.heading(summarise(LOG)))["period"] == "the whole log"
 
 
 @pytest.mark.parametrize("logged, rule, found", [
