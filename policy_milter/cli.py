@@ -68,12 +68,15 @@ def parser() -> argparse.ArgumentParser:
     held.add_argument("action", choices=["list", "release", "drop", "expire"])
     held.add_argument("id", nargs="?", help="the held message (release, drop)")
     report = sub.add_parser("report", help="summarise decision logs (text, JSON or HTML)")
-    report.add_argument("logs", nargs="*", default=["-"],
+    report.add_argument("logs", nargs="*", default=["-"], metavar="LOG",
                         help="log files, as the milter or syslog wrote them (default: stdin)")
-    report.add_argument("--since", type=moment, help="from: 2026-11-30, 2026-11-30T14:00, 24h")
-    report.add_argument("--until", type=moment, help="up to (not including), the same forms")
-    report.add_argument("--rules", help="the rules directory: list its rules that never matched")
-    report.add_argument("--top", type=int, default=10,
+    report.add_argument("--since", type=moment, metavar="WHEN",
+                        help="from: 2026-11-30, 2026-11-30T14:00, 24h")
+    report.add_argument("--until", type=moment, metavar="WHEN",
+                        help="up to (not including), the same forms")
+    report.add_argument("--rules", metavar="DIR",
+                        help="the rules directory: list its rules that never matched")
+    report.add_argument("--top", type=int, default=10, metavar="N",
                         help="rows of each top list (default 10; 0: all)")
     report.add_argument("--json", action="store_true", help="JSON on stdout instead of text")
     report.add_argument("--html", metavar="FILE", help="also write the report as one HTML page")
