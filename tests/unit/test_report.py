@@ -226,3 +226,14 @@ def test_the_command_fails_clearly(tmp_path: Path,
         main(["report", "--since", "last tuesday", str(LOG)])
     assert exit_.value.code == 2
     assert "is not a date" in capsys.readouterr().err
+
+
+def test_the_readme_example_is_a_real_run(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```\n\$ policy-milter report (.*?[^\\])\n"
+                        r"(# policy-milter report\n.*?)```", readme, re.DOTALL)
+    assert example is not None
+    monkeypatch.chdir(REPO)
+    assert main(["report", *example.group(1).replace("\\\n", " ").split()]) == 0
+    assert capsys.readouterr().out == example.group(2)
