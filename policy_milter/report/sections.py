@@ -2,8 +2,9 @@
 
 Each table has a key (the first word of its text lines, so ``grep '^rule '`` finds the
 rules, and its name in the JSON), a title, column names and rows, most frequent first
-(ties by name, so two runs print the same).  A catalogue entry is found from the reply
-line a decision logged, through the catalogue itself: no reply text is spelt here.
+(ties by name, so two runs print the same).  A reply's catalogue entry is the one its
+decision names (``entry=``, in newer logs), else the one whose reply line it is: the
+catalogue says, no reply text is spelt here.
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ def ranked(counter: Counter[K]) -> list[tuple[K, int]]:
     return sorted(counter.items(), key=lambda item: (-item[1], str(item[0])))
 
 
-def hour(when: datetime) -> str:
+def _hour(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H")
 
 
-def stamp(when: datetime | None) -> str:
+def _stamp(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else "-"
 
 
-def answer(entry: Entry) -> str:
+def _answer(entry: Entry) -> str:
     """What an entry told the client: reject, tempfail, or (an outcome) discard."""
     if entry.kind is Kind.OUTCOME:
         return "discard"
@@ -55,7 +56,7 @@ def _entry_row(name: str, reply: str, count: int) -> tuple[Cell, ...]:
     """The entry a decision named, else the one its reply line is; ``?`` for a reply the
     catalogue no longer has (an older log)."""
     entry = ENTRIES.get(name) or _BY_REPLY.get(reply)
-    return (entry.name, answer(entry), count, reply) if entry else (
+    return (entry.name, _answer(entry), count, reply) if entry else (
         name or "?", "?", count, reply)
 
 
@@ -67,10 +68,10 @@ def outcomes(summary: Summary) -> list[str]:
 
 def heading(summary: Summary) -> list[tuple[str, str]]:
     """What the report covers: the period asked for and seen, and the rules."""
-    bounds = [f"{word} {stamp(when)}" for word, when in (
+    bounds = [f"{word} {_stamp(when)}" for word, when in (
         ("since", summary.since), ("until", summary.until)) if when is not None]
     lines = [("period", ", ".join(bounds) or "the whole log"),
-             ("seen", f"{stamp(summary.first)} .. {stamp(summary.last)}"),
+             ("seen", f"{_stamp(summary.first)} .. {_stamp(summary.last)}"),
              ("records", str(summary.records))]
     hashes = ", ".join(f"{h or '-'} ({n} decisions)" for h, n in ranked(summary.hashes))
     lines.append(("hashes", hashes or "-"))
@@ -120,7 +121,7 @@ def sections(summary: Summary, top: int) -> list[Section]:
         table("failure", "Dependency failures (DNS, scanners, stores)",
               ("event", "check", "service", "count"), s.failures),
         Section("hour", "Transactions per hour (UTC)", ("hour", "total", *found),
-                [(hour(h), sum(s.hours[h, o] for o in found),
+                [(_hour(h), sum(s.hours[h, o] for o in found),
                   *(s.hours[h, o] for o in found)) for h in hours]),
     ]
     return result
