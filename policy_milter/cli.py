@@ -23,8 +23,7 @@ from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, configure, reopen
 from .offline import commands
-from .report import produce
-from .report.period import moment
+from .report import moment, produce
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background

@@ -7,6 +7,7 @@ output and html.py (with svg.py's charts) each render, so the three never disagr
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,14 @@ from .. import logread
 from ..rules.policy import Policy
 from . import html, sections, text
 from .summary import Summary
+
+
+def moment(text: str) -> datetime:
+    """A ``--since``/``--until`` bound as logread reads it, its error shown as it says."""
+    try:
+        return logread.moment(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def produce(logs: Sequence[str], since: datetime | None, until: datetime | None,
