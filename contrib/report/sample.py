@@ -8,7 +8,8 @@ A day of traffic (2026-11-30, UTC) goes through the real engine on
 contrib/report/sample-rules, logging as the milter does; only the clock is the day's,
 and the DNS list is a stand-in that lists 198.51.100.128/25 and times out from 14:00 to
 15:00.  Then ``policy-milter report`` makes the page, printing its text, and chromium
-takes the screenshot.  The same seed gives the same log, but for the durations.
+takes the screenshot.  The same seed gives the same log, but for the durations and
+the session names (they carry the process id).
 """
 
 from __future__ import annotations
