@@ -23,6 +23,7 @@ from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, configure, reopen
 from .offline import commands
+from .report import moment, produce
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background
@@ -65,6 +66,19 @@ def parser() -> argparse.ArgumentParser:
     held.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     held.add_argument("action", choices=["list", "release", "drop", "expire"])
     held.add_argument("id", nargs="?", help="the held message (release, drop)")
+    report = sub.add_parser("report", help="summarise decision logs (text, JSON or HTML)")
+    report.add_argument("logs", nargs="*", default=["-"], metavar="LOG",
+                        help="log files, as the milter or syslog wrote them (default: stdin)")
+    report.add_argument("--since", type=moment, metavar="WHEN",
+                        help="from: 2026-11-30, 2026-11-30T14:00, 24h")
+    report.add_argument("--until", type=moment, metavar="WHEN",
+                        help="up to (not including), the same forms")
+    report.add_argument("--rules", metavar="DIR",
+                        help="the rules directory: list its rules that never matched")
+    report.add_argument("--top", type=int, default=10, metavar="N",
+                        help="rows of each top list (default 10; 0: all)")
+    report.add_argument("--json", action="store_true", help="JSON on stdout instead of text")
+    report.add_argument("--html", metavar="FILE", help="also write the report as one HTML page")
     run = sub.add_parser("run", help="serve the MTA")
     run.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     run.add_argument("--socket", type=_socket_spec, default=DEFAULT_SOCKET,
@@ -137,6 +151,19 @@ def challenges(args: argparse.Namespace) -> int:
         print(f"policy-milter: no held message {args.id} could be {args.action}ed",
               file=sys.stderr)
         return EXIT_RUNTIME
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    policy = _load(args.rules) if args.rules else None
+    if args.rules and policy is None:
+        return EXIT_RULES
+    try:
+        print(produce(args.logs, args.since, args.until, policy, args.top, args.json,
+                      args.html), end="")
+    except OSError as err:
+        print(f"policy-milter: {err}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
@@ -278,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "checks":
         print(order.markdown())
         return 0
-    handlers = {"check": check, "challenges": challenges, "run": run,
+    handlers = {"check": check, "challenges": challenges, "report": report, "run": run,
                 "test": commands.run_test, "ping": commands.run_ping,
                 "replay": commands.run_replay, "explain": commands.run_explain}
     return handlers[args.command](args)
