@@ -1,7 +1,9 @@
-"""Command line: ``policy-milter run | check | challenges | catalogue | checks``.
+"""Command line: ``policy-milter run | check | test | ping | explain | replay | report |
+challenges | catalogue | checks``.
 
 Exit codes: 0 success; 1 the rules have errors (each printed as path:line: message);
 2 bad command-line usage; 3 the milter could not start or stopped on an error.
+``test`` exits by the session's outcome instead (offline/play.py: OUTCOMES).
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from .. import logread
 from ..engine import Engine
 from ..mtaclient import MilterClient, MilterProtocolError, MilterTimeout
 from ..log import quote
+from ..report import moment
 from ..rules.policy import Policy, load
 from ..rules.source import RuleErrors
 from ..services import DependencyError
@@ -77,8 +77,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],  # noq
     replayed.add_argument("logs", nargs="+", metavar="LOG", help="log files ('-': stdin)")
     replayed.add_argument("--rules", default=rules_default, help="the candidate rules")
     replayed.add_argument("--dns", type=_dns, default="off", help="as for test (default off)")
-    replayed.add_argument("--since", type=_moment, help="ISO date or time, or e.g. 24h")
-    replayed.add_argument("--until", type=_moment, help="ISO date or time, or e.g. 1h")
+    replayed.add_argument("--since", type=moment, help="ISO date or time, or e.g. 24h")
+    replayed.add_argument("--until", type=moment, help="ISO date or time, or e.g. 1h")
     replayed.add_argument("--json", action="store_true", help="print JSON")
     told = sub.add_parser(
         "explain", help="from a decision log line to the rule that made it",
@@ -93,13 +93,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],  # noq
     ping = sub.add_parser("ping", help="whether a milter answers and negotiates")
     ping.add_argument("--socket", type=socket_type, required=True, help="where it listens")
     ping.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-
-
-def _moment(text: str) -> datetime:
-    try:
-        return logread.moment(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _script(args: argparse.Namespace) -> Script:
