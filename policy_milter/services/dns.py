@@ -138,8 +138,10 @@ class DnsResolver:
         return future
 
     def _finished(self, k: Key, future: Future[Answer]) -> None:
+        """Cache an answer; a lookup cancelled by close() (a reload, the end of a test)
+        has none, and asking it for its exception would raise."""
         with self._lock:
-            if future.exception() is None:
+            if not future.cancelled() and future.exception() is None:
                 self._cache[k] = future.result()
             self._inflight.pop(k, None)
 

@@ -156,3 +156,17 @@ def test_a_failed_lookup_is_raised_afresh() -> None:
     assert kept.__traceback__ is None
     assert raised[0] is not kept and raised[1] is not raised[0]
     assert str(raised[0]) == str(kept)
+
+
+def test_closing_with_lookups_queued_is_quiet(server: FakeDns,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """close() cancels what has not started (a reload, the end of policy-milter test); a
+    cancelled lookup is neither cached nor reported as a failing callback."""
+    server.add("slow.example.test", "A", "192.0.2.1", delay=0.5)
+    r = DnsResolver(DnsConfig(("127.0.0.1",), server.port, 1.0), workers=1)
+    running = r.submit("slow.example.test", "A")
+    queued = r.submit("other.example.test", "A")
+    r.close()
+    wait([running], timeout=5)
+    assert queued.cancelled()
+    assert not [rec for rec in caplog.records if "exception calling callback" in rec.message]
