@@ -18,7 +18,7 @@ from ..addresses import AddressError, parse_path
 from ..catalogue import Kind
 from ..patterns import DomainPatterns, PatternError, domain_name
 from ..stages import Stage
-from .source import Errors, Line, parse_count, parse_rate, parse_size
+from .source import Errors, Line, did_you_mean, parse_count, parse_rate, parse_size, unknown_entry
 
 
 class DomainKind(Enum):
@@ -121,7 +121,7 @@ def parse_reply(name: str) -> str:
     try:
         entry = catalogue.get(name)
     except catalogue.UnknownEntry:
-        raise ValueError(f"unknown catalogue entry '{name}'") from None
+        raise ValueError(unknown_entry(name)) from None
     if entry.kind is not Kind.REPLY or entry.temporary or Stage.MAIL not in entry.stages:
         raise ValueError(f"'{name}' is not a 5xx reply the milter can send at MAIL")
     return name
@@ -148,15 +148,16 @@ def _attrs(words: list[str], line: Line, errors: Errors, flags: set[str],
             if name in flags:
                 got_flags.add(name)
             else:
+                known = flags | {a + "=" for a in attrs}
                 errors.add(line.where, f"unknown word '{word}' (expected one of: "
-                           f"{', '.join(sorted(flags | {a + '=' for a in attrs}))})")
+                           f"{', '.join(sorted(known))}){did_you_mean(word, known)}")
         elif name in attrs:
             try:
                 got[name] = attrs[name](value)
             except ValueError as err:
                 errors.add(line.where, f"{name}: {err}")
         else:
-            errors.add(line.where, f"unknown attribute '{name}'")
+            errors.add(line.where, f"unknown attribute '{name}'{did_you_mean(name, attrs)}")
     return got_flags, got
 
 
@@ -226,8 +227,9 @@ class Tables:
             try:
                 kind = DomainKind(rest[0].lower())
             except ValueError:
+                kinds = [k.value for k in DomainKind]
                 errors.add(line.where, f"unknown domain kind '{rest[0]}' (expected one of: "
-                           f"{', '.join(k.value for k in DomainKind)})")
+                           f"{', '.join(kinds)}){did_you_mean(rest[0], kinds)}")
                 continue
             flags, attrs = _attrs(rest[1:], line, errors, {"require_auth"}, _LIMIT_ATTRS)
             try:
