@@ -16,7 +16,7 @@ from typing import Any
 from .. import catalogue
 from ..addresses import AddressError, parse_path
 from ..catalogue import Kind
-from ..patterns import DomainPatterns, PatternError, domain_name
+from ..patterns import DomainPatterns, PatternError, domain_name, host_bits_set
 from ..stages import Stage
 from .source import Errors, Line, did_you_mean, parse_count, parse_rate, parse_size, unknown_entry
 
@@ -83,6 +83,15 @@ ZONE_TARGETS = ("client", "sender", "helo", "ptr")
 
 
 @dataclass(frozen=True)
+class Codes:
+    """The answers of a DNS list that count: inclusive integer ranges (none: any 127/8),
+    and the blocks written with host bits set, with the network each was read as."""
+
+    ranges: tuple[tuple[int, int], ...] = ()
+    masked: tuple[tuple[str, IPv4Network], ...] = ()
+
+
+@dataclass(frozen=True)
 class Zone:
     """A DNS list: which session facts it is asked about, and what a listing means."""
 
@@ -90,30 +99,33 @@ class Zone:
     where: str
     targets: frozenset[str]
     weight: int = 1
-    codes: tuple[tuple[int, int], ...] = ()  # answer ranges that count; empty: any 127/8
+    codes: Codes = Codes()
     reply: str = "access_denied"
     monitor: bool = False
     txt: bool = False
     allow: bool = False  # a white list: a listing skips the black lists
 
     def counts(self, answer: IPv4Address) -> bool:
-        return not self.codes or any(lo <= int(answer) <= hi for lo, hi in self.codes)
+        ranges = self.codes.ranges
+        return not ranges or any(lo <= int(answer) <= hi for lo, hi in ranges)
 
 
-def parse_codes(text: str) -> tuple[tuple[int, int], ...]:
+def parse_codes(text: str) -> Codes:
     """``127.0.0.2,127.0.0.4-127.0.0.7,127.0.0.16/28`` -> inclusive integer ranges."""
-    ranges = []
+    ranges, masked = [], []
     for part in filter(None, text.split(",")):
         try:
             if "/" in part:
                 net = IPv4Network(part, strict=False)
                 ranges.append((int(net.network_address), int(net.broadcast_address)))
+                if host_bits_set(part):
+                    masked.append((part, net))
             else:
                 lo, _, hi = part.partition("-")
                 ranges.append((int(IPv4Address(lo)), int(IPv4Address(hi or lo))))
         except ValueError:
             raise ValueError(f"'{part}' is not an address, range or CIDR block") from None
-    return tuple(ranges)
+    return Codes(tuple(ranges), tuple(masked))
 
 
 def parse_reply(name: str) -> str:
