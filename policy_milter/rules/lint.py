@@ -21,7 +21,7 @@ from typing import Any
 from ..patterns import AddressPatterns, IPNetwork, NetworkPatterns, PatternSet
 from .policy import Policy
 from .rulelist import FIELDS, Condition, Rule
-from .tables import Account, Domain, DomainKind
+from .tables import Domain, DomainKind
 
 # DNS lists with terms of use that refuse queries from shared resolvers, or answer them
 # with codes that would list everyone (zones under these domains).  Spamhaus's keyed
@@ -122,8 +122,7 @@ def _limits(policy: Policy) -> Iterator[Finding]:
     """Of the server's, the sender's and the recipient's limits the smallest applies, so
     a domain or account limit above the server's never does."""
     s, t = policy.settings, policy.tables
-    owners: list[Domain | Account] = [*t.domain_list, *t.accounts.values()]
-    for owner in owners:
+    for owner in t.limited():
         for attribute, setting in SERVER_LIMITS:
             own, server = getattr(owner.limits, attribute), getattr(s, setting)
             if server and own > server:

@@ -225,6 +225,10 @@ class Tables:
         """``domain`` for a name already canonical (an Address's): nothing to normalise."""
         return self.domains.first_canonical(name) if name else None
 
+    def limited(self) -> list[Domain | Account]:
+        """Every domain and account: what may carry limits."""
+        return [*self.domain_list, *self.accounts.values()]
+
     def account_for_login(self, login: str) -> Account | None:
         low = login.lower()
         return self.logins.get(low) or self.accounts.get(low)
