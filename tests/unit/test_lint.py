@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from policy_milter import cli
 from policy_milter.engine import Engine
 from policy_milter.rules import lint
 from policy_milter.rules.policy import Policy
@@ -393,3 +394,29 @@ def test_the_relay_check_answers_before_such_a_rule(tmp_path: Path) -> None:
     assert entry(s.mail("<x@sender.example>", [], "", "")) == "continue"
     decision = s.rcpt("<someone@elsewhere.example>", [], "")
     assert (entry(decision), decision.check) == ("relay_denied", "relay")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("strict, status, kind, count", [
+    (False, 0, "warning", "0 error(s), 1 warning(s)"),
+    (True, 1, "error", "1 error(s), 0 warning(s)"),
+])
+def test_check_prints_findings_and_exits(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         strict: bool, status: int, kind: str, count: str) -> None:
+    rules = tmp_path / "rules"
+    load(rules, ["dnsbl_threshold = 0"])
+    assert cli.main(["check", "--rules", str(rules), *(["--strict"] if strict else [])]) == status
+    out, err = capsys.readouterr()
+    assert out.startswith(f"rules: {rules} (1 files)\n")
+    assert err.splitlines() == [
+        f"{rules}/policy.conf:1: {kind}: dnsbl_threshold = 0: a score of 0 reaches it, so a "
+        "listing in any zone refuses, monitor zones and weight=0 ones too; write 1 (one listing "
+        "refuses) or more", count]
+
+
+def test_check_without_findings_prints_the_summary_alone(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    assert cli.main(["check", "--rules", str(FIXTURE_RULES), "--strict"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[0] == f"rules: {FIXTURE_RULES} (9 files)"
