@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 
-from .rules.lint import Finding, position, size
+from .rules.lint import Finding, position, setting_at, size
 from .rules.policy import Policy
 from .rules.source import Line
 
@@ -363,42 +363,48 @@ def _milters(config: Config, policy: Policy, service: Service | None, milter: En
     entries = [tokens(e[1:-1], commas=True) if e.startswith("{") else [e]
                for e in tokens(value.text, commas=True)]
     write = f"write smtpd_milters = {postfix_form(milter, queue)} (the milter's --socket {socket})"
-    said = f"smtpd_milters = {value.text}" if value.text else "smtpd_milters is empty"
     if not entries and value.service:
         yield Finding(value.where, f"{_label(value)}-o smtpd_milters= turns the milter off: mail "
                       "this service receives passes unchecked; remove the override, unless the "
                       "service only takes mail back from a content filter")
         return
     if not entries:
-        yield Finding(value.where, f"{said}{' (Postfix default)' if value.default else ''}: "
-                      f"every message passes unchecked; {write}", fatal=True)
+        yield Finding(value.where, f"smtpd_milters is empty"
+                      f"{' (Postfix default)' if value.default else ''}: every message passes "
+                      f"unchecked; {write}", fatal=True)
         return
     reached = next((e for e in entries if (end := postfix_endpoint(e[0], queue, chroot))
                     and end.reaches(milter)), None)
     if reached is None:
-        unchrooted = [(e[0], end) for e in entries
-                      if (end := postfix_endpoint(e[0], queue, False)) is not None]
-        outside = [a for a, end in unchrooted if end.reaches(milter)]
-        names = [a for a, end in unchrooted if _uncertain(end, milter)]
-        if outside and service is not None:
-            path = outside[0].partition(":")[2].lstrip("/")
-            yield Finding(service.where, f"service {service.name} runs chrooted in {queue} "
-                          f"(master.cf chroot column), where {outside[0]} is "
-                          f"{os.path.join(queue, path)}, not the milter's "
-                          "socket: every message it receives fails or passes unchecked; set its "
-                          "chroot column to n, or run the milter with a socket in the queue "
-                          "directory (--socket unix:/var/spool/postfix/policy-milter/milter.sock, "
-                          "smtpd_milters = unix:policy-milter/milter.sock)", fatal=True)
-        elif names:
-            yield Finding(value.where, f"{_label(value)}{said}: check cannot tell whether "
-                          f"{names[0]} reaches the milter; {write}")
-        else:
-            yield Finding(value.where, f"{_label(value)}{said} does not reach the milter's socket:"
-                          " every message gets milter_default_action (tempfailed, or passed "
-                          f"unchecked under accept); {write}", fatal=True)
+        yield _unreached(value, service, [e[0] for e in entries], queue, milter, write)
         return
     yield from _milter_settings(config, policy, service, dict(
         s.partition("=")[::2] for s in reached[1:]), value)
+
+
+def _unreached(value: Value, service: Service | None, addresses: list[str], queue: str,
+               milter: Endpoint, write: str) -> Finding:
+    """Why no milter of smtpd_milters is the policy milter: a chroot between them, a host
+    the text cannot place, or another socket."""
+    unchrooted = [(a, end) for a in addresses
+                  if (end := postfix_endpoint(a, queue, False)) is not None]
+    outside = [a for a, end in unchrooted if end.reaches(milter)]
+    names = [a for a, end in unchrooted if _uncertain(end, milter)]
+    said = f"{_label(value)}smtpd_milters = {value.text}"
+    if outside and service is not None:
+        inside = os.path.join(queue, outside[0].partition(":")[2].lstrip("/"))
+        return Finding(service.where, f"service {service.name} runs chrooted in {queue} "
+                       f"(master.cf chroot column), where {outside[0]} is {inside}, not the "
+                       "milter's socket: every message it receives fails or passes unchecked; "
+                       "set its chroot column to n, or run the milter with a socket in the "
+                       f"queue directory (--socket unix:{queue}/policy-milter/milter.sock, "
+                       "smtpd_milters = unix:policy-milter/milter.sock)", fatal=True)
+    if names:
+        return Finding(value.where, f"{said}: check cannot tell whether {names[0]} reaches "
+                       f"the milter; {write}")
+    return Finding(value.where, f"{said} does not reach the milter's socket: every message "
+                   "gets milter_default_action (tempfailed, or passed unchecked under accept); "
+                   f"{write}", fatal=True)
 
 
 def _milter_settings(config: Config, policy: Policy, service: Service | None,
@@ -424,7 +430,7 @@ def _milter_settings(config: Config, policy: Policy, service: Service | None,
         yield Finding(value.where, f"{_label(value)}{said} is not a Postfix time (like 30s)")
     elif seconds <= budget:
         yield Finding(value.where, f"{_label(value)}{said} is not above the rules' dns_budget = "
-                      f"{budget:g} s ({_at(policy, 'dns_budget')}): Postfix gives up on the "
+                      f"{budget:g} s ({setting_at(policy, 'dns_budget')}): Postfix gives up on the "
                       "milter while it waits for DNS, and milter_default_action answers; write "
                       "30s (Postfix's default)")
 
@@ -434,24 +440,19 @@ def _seconds(text: str) -> int | None:
     return int(m.group(1)) * _TIME_UNITS[m.group(2)] if m else None
 
 
-def _at(policy: Policy, setting: str) -> str:
-    at = policy.where[setting]
-    return "the default" if at == "default" else at
-
-
 def _limits(config: Config, policy: Policy, service: Service | None) -> Iterator[Finding]:
     """Postfix's size and recipient limits answer before the milter's: they must stay
     above the rules' (of the listener this service is, by milter_macro_daemon_name)."""
     s, t = policy.settings, policy.tables
     listener = t.listeners.get(config.get("milter_macro_daemon_name", service).text.lower())
     sizes = [(s.max_message_size, f"max_message_size = {size(s.max_message_size)} "
-                                  f"({_at(policy, 'max_message_size')})")]
+                                  f"({setting_at(policy, 'max_message_size')})")]
     sizes += [(getattr(o.limits, a), f"{a}={size(getattr(o.limits, a))} ({o.where})")
               for o in t.limited() for a in ("max_size", "max_receive_size")]
     if listener is not None:
         sizes.append((listener.max_size, f"max_size={size(listener.max_size)} ({listener.where})"))
     counts = [(s.max_recipients, f"max_recipients = {s.max_recipients} "
-                                 f"({_at(policy, 'max_recipients')})")]
+                                 f"({setting_at(policy, 'max_recipients')})")]
     counts += [(o.limits.max_recipients, f"max_recipients={o.limits.max_recipients} ({o.where})")
                for o in t.limited()]
     for name, rules, reply in (

@@ -85,7 +85,8 @@ def size(octets: int) -> str:
     return next((f"{octets // n}{unit}" for unit, n in _UNITS if octets % n == 0), str(octets))
 
 
-def _setting_at(policy: Policy, name: str) -> str:
+def setting_at(policy: Policy, name: str) -> str:
+    """Where a setting is set, for a message: its line, or "the default"."""
     at = policy.where[name]
     return "the default" if at == "default" else at
 
@@ -105,13 +106,14 @@ def _domains_without_mailboxes(policy: Policy) -> Iterator[Finding]:
     local = lists | {t.canonical_domain(d) for d in t.catchall} | domains(
         [*(a for a, account in t.accounts.items() if not account.moved), *t.aliases])
     for domain in t.domain_list:
-        bare = domain.name.lstrip("*.")
+        exact = not domain.name.startswith(".") and not any(c in domain.name for c in "*?[")
+        catchall = f" ('@{domain.name} TARGET' in aliases takes them all)" if exact else ""
         if domain.kind is DomainKind.LOCAL and domain not in local:
             yield Finding(domain.where, f"local domain '{domain.name}' has no mailbox: no "
                           "account, alias or list is in it, so every recipient there is "
                           "refused (unknown_user_local); list its addresses in accounts or "
-                          f"aliases ('@{bare} TARGET' in aliases takes them all), or make it "
-                          "relay if another server holds its mailboxes")
+                          f"aliases{catchall}, or make it relay if another server holds its "
+                          "mailboxes")
         elif domain.kind is DomainKind.LIST and domain not in lists:
             yield Finding(domain.where, f"list domain '{domain.name}' has no list in lists, so "
                           "every recipient there is refused (no_such_list); add its lists to "
@@ -128,14 +130,14 @@ def _limits(policy: Policy) -> Iterator[Finding]:
             if server and own > server:
                 shown = str if attribute == "max_recipients" else size
                 yield Finding(owner.where, f"{attribute}={shown(own)} is above the server's "
-                              f"{setting} = {shown(server)} ({_setting_at(policy, setting)}), "
+                              f"{setting} = {shown(server)} ({setting_at(policy, setting)}), "
                               f"which refuses first: this limit never applies; lower it, or "
                               f"raise {setting}")
     for listener in t.listeners.values():
         if s.max_message_size and listener.max_size > s.max_message_size:
             yield Finding(listener.where, f"max_size={size(listener.max_size)} is above the "
                           f"server's max_message_size = {size(s.max_message_size)} "
-                          f"({_setting_at(policy, 'max_message_size')}): every listener "
+                          f"({setting_at(policy, 'max_message_size')}): every listener "
                           "refuses what is bigger than that, this one too; lower it, or raise "
                           "max_message_size")
 

@@ -92,6 +92,15 @@ def test_the_flagged_local_domain_refuses_every_recipient(tmp_path: Path) -> Non
         assert entry(s.rcpt(rcpt, [], "")) == "unknown_user_local"
 
 
+def test_a_domain_pattern_without_mailboxes(tmp_path: Path) -> None:
+    """'.example.net' is every subdomain: one '@domain' alias cannot take them all."""
+    assert messages(tmp_path, domains=[".example.net local"]) == [
+        "DIR/domains:1: warning: local domain '.example.net' has no mailbox: no account, alias "
+        "or list is in it, so every recipient there is refused (unknown_user_local); list its "
+        "addresses in accounts or aliases, or make it relay if another server holds its "
+        "mailboxes"]
+
+
 def test_list_domain_without_lists(tmp_path: Path) -> None:
     assert messages(tmp_path, domains=["lists.example local", "lists.example.org list"],
                     accounts=["a@lists.example", "b@lists.example.org"]) == [
