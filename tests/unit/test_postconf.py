@@ -165,7 +165,7 @@ def test_contrib_agrees_with_systemds_socket(rules: Path, capsys: pytest.Capture
                        "--socket", SYSTEMD_SOCKET])
     out, err = capsys.readouterr()
     assert (status, err) == (0, "")
-    assert out.startswith(f"rules: {rules}")
+    assert out == "\n".join(load_dir(rules).summary()) + "\n"
 
 
 def test_contrib_with_another_socket_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
