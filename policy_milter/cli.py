@@ -1,9 +1,11 @@
 """Command line: ``policy-milter run | check | test | ping | explain | replay | report |
 challenges | catalogue | checks``.
 
-Exit codes: 0 success; 1 the rules have errors (each printed as path:line: message);
-2 bad command-line usage; 3 the milter could not start or stopped on an error.
-``test`` exits by the session's outcome instead (offline/play.py: OUTCOMES).
+Exit codes: 0 success (for ``check``: no problem, or warnings only); 1 the rules have errors
+(each printed as path:line: message), or ``check`` found a Postfix setting that makes every
+message fail or pass unchecked, or (``--strict``) any warning; 2 bad command-line usage, or
+a Postfix configuration that cannot be read; 3 the milter could not start or stopped on an
+error.  ``test`` exits by the session's outcome instead (offline/play.py: OUTCOMES).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, catalogue
+from . import __version__, catalogue, postconf
 from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, configure, reopen
 from .offline import commands
 from .report import moment, produce
+from .rules import lint
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
 from .services import DependencyError, in_background
@@ -62,8 +65,15 @@ def parser() -> argparse.ArgumentParser:
     rules_help = f"rules directory holding policy.conf (default {DEFAULT_RULES})"
     sub.add_parser("catalogue", help="print every reply the milter can send (markdown)")
     sub.add_parser("checks", help="print the order of checks (markdown)")
-    check = sub.add_parser("check", help="validate the rules and print a summary")
+    check = sub.add_parser("check", help="validate the rules, warn of mistakes in their meaning "
+                                         "and print a summary")
     check.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
+    check.add_argument("--strict", action="store_true", help="warnings are errors (exit 1)")
+    check.add_argument("--postfix", nargs="*", metavar="FILE",
+                       help="check Postfix too: postconf -n and -M, or a main.cf and a master.cf")
+    check.add_argument("--postfix-config", metavar="DIR", help="run postconf -c DIR")
+    check.add_argument("--socket", type=_socket_spec, default=DEFAULT_SOCKET,
+                       help=f"the milter's socket, as run --socket (default {DEFAULT_SOCKET})")
     held = sub.add_parser("challenges", help="list, release, drop or expire held mail")
     held.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     held.add_argument("action", choices=["list", "release", "drop", "expire"])
@@ -113,8 +123,20 @@ def check(args: argparse.Namespace) -> int:
     policy = _load(args.rules)
     if policy is None:
         return EXIT_RULES
-    print("\n".join(policy.summary()))
-    return 0
+    found = lint.check(policy)
+    if args.postfix is not None or args.postfix_config:
+        try:
+            found += postconf.check(policy, args.socket, args.postfix or [], args.postfix_config)
+        except postconf.PostfixError as err:
+            print(f"policy-milter: {err}", file=sys.stderr)
+            return EXIT_USAGE
+    print("\n".join(policy.summary()), flush=True)
+    for finding in found:
+        print(finding.line(args.strict), file=sys.stderr)
+    errors = sum(f.fatal or args.strict for f in found)
+    if found:
+        print(f"{errors} error(s), {len(found) - errors} warning(s)", file=sys.stderr)
+    return EXIT_RULES if errors else 0
 
 
 def challenges(args: argparse.Namespace) -> int:

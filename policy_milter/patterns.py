@@ -14,11 +14,12 @@ import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .addresses import Address, AddressError, IPAddress, client_ip, normalize_domain
 
 T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -36,6 +37,30 @@ def domain_name(text: str) -> str:
         return normalize_domain(text)
     except AddressError as err:
         raise PatternError(str(err)) from None
+
+
+def network(text: str) -> IPNetwork:
+    """An address or CIDR block as a pattern set reads it: brackets dropped, IPv4-mapped
+    IPv6 as IPv4, and host bits cleared (``192.0.2.1/24`` is 192.0.2.0/24)."""
+    clean = text.strip().replace("[", "").replace("]", "")
+    try:
+        net = ipaddress.ip_network(clean, strict=False)
+    except ValueError:
+        raise PatternError(f"'{text}' is not an IP address or CIDR block") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped \
+            and net.prefixlen >= 96:
+        net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def host_bits_set(text: str) -> bool:
+    """Whether a block ``network`` reads has bits set past its prefix, which it clears:
+    the writer of ``192.0.2.1/24`` may have meant one address and got 256."""
+    try:
+        ipaddress.ip_network(text.strip().replace("[", "").replace("]", ""))
+    except ValueError:  # network() read it, so only the host bits can be wrong
+        return True
+    return False
 
 
 def parents(domain: str) -> Iterator[str]:
@@ -69,6 +94,31 @@ class PatternSet(Generic[T]):
     def hashable(self) -> bool:
         """True when no glob needs a linear scan: such a set can index rules."""
         return not self._globs
+
+    # What ``policy-milter check`` proves about rules.  Each answer is True only when it
+    # follows from the patterns themselves; a glob covers only the same glob, or ``*``.
+
+    def covers(self, other: PatternSet[Any]) -> bool:
+        """Whether this set matches every value ``other`` matches."""
+        return type(other) is type(self) and all(self._hit(k) for k in other._exact) \
+            and self._covers_globs(other)
+
+    def disjoint(self, other: PatternSet[Any]) -> bool:
+        """Whether no value matches both sets."""
+        return type(other) is type(self) and not (self._globs and other._globs) \
+            and not any(self._hit(k) for k in other._exact) \
+            and not any(other._hit(k) for k in self._exact)
+
+    def example(self) -> Any:
+        """A value this set matches, or None when only globs could say which."""
+        return next(iter(self._exact), None)
+
+    def _hit(self, value: Any) -> bool:
+        return any(True for _ in self.find(value))
+
+    def _covers_globs(self, other: PatternSet[Any]) -> bool:
+        mine = {rx.pattern for rx, _ in self._globs}
+        return _ANYTHING in mine or all(rx.pattern in mine for rx, _ in other._globs)
 
 
 class DomainPatterns(PatternSet[T]):
@@ -117,6 +167,32 @@ class DomainPatterns(PatternSet[T]):
 
     def __bool__(self) -> bool:
         return super().__bool__() or bool(self._parents)
+
+    def covers(self, other: PatternSet[Any]) -> bool:
+        return isinstance(other, DomainPatterns) and super().covers(other) and all(
+            self._covers_below(p) for p in other._parents)
+
+    def disjoint(self, other: PatternSet[Any]) -> bool:
+        if not isinstance(other, DomainPatterns) or not super().disjoint(other):
+            return False
+        if self._globs and other._parents or other._globs and self._parents:
+            return False
+        return not any(p == q or _under(p, q) or _under(q, p)
+                       for p in self._parents for q in other._parents)
+
+    def example(self) -> str | None:
+        found: str | None = super().example()
+        if found is None and self._parents:
+            found = f"x.{next(iter(self._parents))}"  # a subdomain: what '.domain' matches
+        return found
+
+    def _hit(self, value: Any) -> bool:
+        return any(True for _ in self.find_canonical(value))
+
+    def _covers_below(self, parent: str) -> bool:
+        """Whether every subdomain of ``parent`` is matched."""
+        return parent in self._parents or any(p in self._parents for p in parents(parent)) \
+            or _ANYTHING in {rx.pattern for rx, _ in self._globs}
 
 
 class AddressPatterns(PatternSet[T]):
@@ -174,6 +250,52 @@ class AddressPatterns(PatternSet[T]):
     def hashable(self) -> bool:
         return not self._globs and self._domains.hashable()
 
+    def covers(self, other: PatternSet[Any]) -> bool:
+        """An address written ``user@domain`` is covered by the same address, its
+        domain's patterns, ``user@`` and globs matching it: each matches every form of it
+        (with or without an extension) that the address pattern does."""
+        return isinstance(other, AddressPatterns) \
+            and all(self._hit(_address(k)) for k in other._exact) \
+            and self._domains.covers(other._domains) \
+            and all(local in self._locals for local in other._locals) \
+            and self._covers_globs(other)
+
+    def disjoint(self, other: PatternSet[Any]) -> bool:
+        """Proven by the null sender against any address, and by domains: two patterns
+        that name different domains never match the same address."""
+        if not isinstance(other, AddressPatterns) or ("" in self._exact and "" in other._exact):
+            return False
+        for one, two in ((self, other), (other, self)):
+            if (one._locals or one._globs) and two._addresses():
+                return False
+            if any(two._domains._hit(d) or d in two._exact_domains() for d in one._exact_domains()):
+                return False
+        return self._domains.disjoint(other._domains)
+
+    def example(self) -> Address | None:
+        if self._exact:
+            return _address(next(iter(self._exact)))
+        domain = self._domains.example()
+        if domain is not None:
+            return Address("x", domain)
+        local = next(iter(self._locals), None)
+        return None if local is None else Address(local, "example.invalid")
+
+    def domains(self) -> frozenset[str] | None:
+        """The domains every address it matches is in, or None when they are not a
+        known few (``user@``, ``@.domain``, globs, the null sender)."""
+        if self._locals or self._globs or "" in self._exact or not self._domains.hashable() \
+                or self._domains._parents:
+            return None
+        return self._exact_domains() | frozenset(self._domains._exact)
+
+    def _exact_domains(self) -> frozenset[str]:
+        return frozenset(k.rpartition("@")[2] for k in self._exact if k)
+
+    def _addresses(self) -> bool:
+        """Whether it matches any address but the null sender."""
+        return bool(self._exact.keys() - {""} or self._domains or self._locals or self._globs)
+
 
 class NetworkPatterns(PatternSet[T]):
     """Client addresses and CIDR blocks, IPv4 and IPv6 (IPv4-mapped IPv6 is IPv4)."""
@@ -181,17 +303,13 @@ class NetworkPatterns(PatternSet[T]):
     def __init__(self) -> None:
         super().__init__()
         self._nets: dict[tuple[int, int], dict[int, list[T]]] = {}
+        # Blocks written with host bits set, and the network each was read as.
+        self.masked: list[tuple[str, IPNetwork]] = []
 
     def add(self, pattern: str, payload: T) -> None:
-        text = pattern.strip().replace("[", "").replace("]", "")
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise PatternError(f"'{pattern}' is not an IP address or CIDR block") from None
-        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped \
-                and net.prefixlen >= 96:
-            net = ipaddress.ip_network(
-                f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+        net = network(pattern)
+        if host_bits_set(pattern):
+            self.masked.append((pattern.strip(), net))
         table = self._nets.setdefault((net.version, net.prefixlen), {})
         table.setdefault(int(net.network_address), []).append(payload)
 
@@ -210,6 +328,44 @@ class NetworkPatterns(PatternSet[T]):
 
     def __bool__(self) -> bool:
         return bool(self._nets)
+
+    def networks(self) -> Iterator[IPNetwork]:
+        for (version, prefixlen), table in self._nets.items():
+            kind = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+            for number in table:
+                yield kind((number, prefixlen))
+
+    def covers(self, other: PatternSet[Any]) -> bool:
+        mine = list(self.networks())
+        return isinstance(other, NetworkPatterns) and all(
+            any(_within(net, big) for big in mine) for net in other.networks())
+
+    def disjoint(self, other: PatternSet[Any]) -> bool:
+        return isinstance(other, NetworkPatterns) and not any(
+            _within(one, two) or _within(two, one)
+            for one in self.networks() for two in other.networks())
+
+    def example(self) -> IPAddress | None:
+        return next((net.network_address for net in self.networks()), None)
+
+
+_ANYTHING = _glob("*").pattern  # the glob that matches every value
+
+
+def _under(name: str, parent: str) -> bool:
+    """Whether ``name`` is a subdomain of ``parent``."""
+    return name.endswith(f".{parent}")
+
+
+def _within(net: IPNetwork, big: IPNetwork) -> bool:
+    """Whether ``net`` lies inside ``big`` (two blocks either nest or are apart)."""
+    return net.version == big.version and net.subnet_of(big)  # type: ignore[arg-type]
+
+
+def _address(key: str) -> Address:
+    """The address a table key names (``""`` is the null sender)."""
+    local, _, domain = key.rpartition("@")
+    return Address(local, domain)
 
 
 def contains(patterns: PatternSet[None], value: object) -> bool:

@@ -23,7 +23,7 @@ from .rulelist import RuleIndex, RuleList, RuleListParser
 from .settings import NAMES as SETTING_NAMES
 from .settings import Settings
 from .settings import parse as parse_settings
-from .source import Errors, Line, read_lines
+from .source import Errors, Line, did_you_mean, read_lines
 from .tables import Tables
 
 MAIN_FILE = "policy.conf"
@@ -111,7 +111,9 @@ class _Loader:
                 self.errors.add(line.where, "expected 'name = value' or 'include FILE'")
             elif name not in SETTING_NAMES and name not in TABLE_FILES \
                     and name not in RULE_FILES:
-                self.errors.add(line.where, f"unknown setting '{name}'")
+                known = (*SETTING_NAMES, *TABLE_FILES, *RULE_FILES)
+                self.errors.add(line.where,
+                                f"unknown setting '{name}'{did_you_mean(name, known)}")
             elif name in self.raw:
                 self.errors.add(line.where, f"'{name}' is already set at {self.raw[name][1].where}")
             else:

@@ -33,7 +33,7 @@ from ..content import (
 from ..decision import Action, Decision
 from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
 from ..stages import Stage
-from .source import Errors, Line, parse_bool, read_lines
+from .source import Errors, Line, did_you_mean, parse_bool, read_lines, unknown_entry
 
 FIELDS: dict[str, Callable[[], PatternSet[None] | ContentPatterns[None]]] = {
     "client": NetworkPatterns,
@@ -53,6 +53,8 @@ FIELDS: dict[str, Callable[[], PatternSet[None] | ContentPatterns[None]]] = {
 CONTENT_FIELDS = frozenset({"header", "body", "attachment", "mime_type", "archive"})
 _WHOLE_VALUE = frozenset({"header", "body"})  # a regex may hold commas
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
+CONDITIONS = (*FIELDS, "authenticated")
+ACTIONS = ("permit", "reject", "tempfail", "deny", "discard", "quarantine", "add_header")
 # What a white entry skips when it names nothing: the black lists, local and DNS.
 DEFAULT_PERMIT_SKIP = frozenset({"access", "dnsbl"})
 
@@ -194,15 +196,16 @@ class RuleListParser:
     def _rule(self, line: Line, base: Path) -> Rule | None:
         words = line.words()
         conditions: list[Condition] = []
-        while len(words) >= 2 and (words[0] in FIELDS or words[0] == "authenticated"):
+        while len(words) >= 2 and words[0] in CONDITIONS:
             field, value, words = words[0], words[1], words[2:]
             condition = self._condition(field, value, line, base)
             if condition is None:
                 return None
             conditions.append(condition)
         if not conditions:
-            self.errors.add(line.where, f"a rule starts with a condition ({', '.join(FIELDS)}, "
-                            f"authenticated); got '{words[0]}'")
+            self.errors.add(line.where, f"a rule starts with a condition "
+                            f"({', '.join(CONDITIONS)}); got '{words[0]}'"
+                            f"{did_you_mean(words[0], CONDITIONS)}")
             return None
         fields = {c.field for c in conditions}
         if "recipient" in fields and fields & CONTENT_FIELDS:
@@ -277,8 +280,9 @@ class RuleListParser:
             return decide(Action.QUARANTINE, reason=_rest(line, verb) or line.where)
         if verb == "add_header":
             return self._add_header(_rest(line, verb), line, decide)
-        self.errors.add(line.where, f"unknown action '{' '.join(words)}' (expected permit, "
-                        "reject, tempfail, deny, discard, quarantine or add_header)")
+        self.errors.add(line.where, f"unknown action '{' '.join(words)}' (expected "
+                        f"{', '.join(ACTIONS[:-1])} or {ACTIONS[-1]})"
+                        f"{did_you_mean(verb, (*ACTIONS, 'monitor', *CONDITIONS))}")
         return None
 
     def _permit(self, args: list[str], line: Line, stage: Stage,
@@ -318,7 +322,7 @@ class RuleListParser:
         try:
             entry = catalogue.get(name)
         except catalogue.UnknownEntry:
-            self.errors.add(line.where, f"unknown catalogue entry '{name}'")
+            self.errors.add(line.where, unknown_entry(name))
             return None
         if entry.kind is not Kind.REPLY:
             self.errors.add(line.where, f"'{name}' is not a reply the milter can send")

@@ -18,7 +18,7 @@ from .. import catalogue
 from ..catalogue import Entry, Kind
 from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
 from ..stages import Stage
-from .source import parse_bool, parse_count, parse_rate, parse_size
+from .source import parse_bool, parse_count, parse_rate, parse_size, unknown_entry
 
 INHERIT = ""  # a *_failure_action left empty follows failure_action
 
@@ -139,7 +139,7 @@ def _unscannable(text: str) -> Entry | None:
     try:
         entry = catalogue.get(name)
     except catalogue.UnknownEntry:
-        raise ValueError(f"unknown catalogue entry '{name}'") from None
+        raise ValueError(unknown_entry(name)) from None
     if entry.kind is not Kind.REPLY or entry.temporary or Stage.EOM not in entry.stages:
         raise ValueError(f"'{name}' is not a 5xx reply the milter can send at end of message "
                          "(a message too big to scan stays too big: never a 4xx)")

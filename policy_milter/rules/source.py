@@ -7,11 +7,14 @@ continues the previous one, as in Postfix's main.cf and map files.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import catalogue
 from ..services.state import MAX_PERIOD
 
 _COMMENT = re.compile(r"(^|\s)#.*$")
@@ -103,6 +106,17 @@ def read_lines(path: Path, label: str, errors: Errors, named_at: str = "") -> li
         else:
             lines.append(Line(label, number, content.strip()))
     return lines
+
+
+def did_you_mean(word: str, names: Iterable[str]) -> str:
+    """``; did you mean 'NAME'?`` for the name closest to a misspelt word, or ''."""
+    by_lower = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(word.lower(), by_lower, n=1)
+    return f"; did you mean '{by_lower[close[0]]}'?" if close and close[0] != word else ""
+
+
+def unknown_entry(name: str) -> str:
+    return f"unknown catalogue entry '{name}'{did_you_mean(name, catalogue.ENTRIES)}"
 
 
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}

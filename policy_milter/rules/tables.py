@@ -16,9 +16,9 @@ from typing import Any
 from .. import catalogue
 from ..addresses import AddressError, parse_path
 from ..catalogue import Kind
-from ..patterns import DomainPatterns, PatternError, domain_name
+from ..patterns import DomainPatterns, PatternError, domain_name, host_bits_set
 from ..stages import Stage
-from .source import Errors, Line, parse_count, parse_rate, parse_size
+from .source import Errors, Line, did_you_mean, parse_count, parse_rate, parse_size, unknown_entry
 
 
 class DomainKind(Enum):
@@ -83,6 +83,15 @@ ZONE_TARGETS = ("client", "sender", "helo", "ptr")
 
 
 @dataclass(frozen=True)
+class Codes:
+    """The answers of a DNS list that count: inclusive integer ranges (none: any 127/8),
+    and the blocks written with host bits set, with the network each was read as."""
+
+    ranges: tuple[tuple[int, int], ...] = ()
+    masked: tuple[tuple[str, IPv4Network], ...] = ()
+
+
+@dataclass(frozen=True)
 class Zone:
     """A DNS list: which session facts it is asked about, and what a listing means."""
 
@@ -90,30 +99,33 @@ class Zone:
     where: str
     targets: frozenset[str]
     weight: int = 1
-    codes: tuple[tuple[int, int], ...] = ()  # answer ranges that count; empty: any 127/8
+    codes: Codes = Codes()
     reply: str = "access_denied"
     monitor: bool = False
     txt: bool = False
     allow: bool = False  # a white list: a listing skips the black lists
 
     def counts(self, answer: IPv4Address) -> bool:
-        return not self.codes or any(lo <= int(answer) <= hi for lo, hi in self.codes)
+        ranges = self.codes.ranges
+        return not ranges or any(lo <= int(answer) <= hi for lo, hi in ranges)
 
 
-def parse_codes(text: str) -> tuple[tuple[int, int], ...]:
+def parse_codes(text: str) -> Codes:
     """``127.0.0.2,127.0.0.4-127.0.0.7,127.0.0.16/28`` -> inclusive integer ranges."""
-    ranges = []
+    ranges, masked = [], []
     for part in filter(None, text.split(",")):
         try:
             if "/" in part:
                 net = IPv4Network(part, strict=False)
                 ranges.append((int(net.network_address), int(net.broadcast_address)))
+                if host_bits_set(part):
+                    masked.append((part, net))
             else:
                 lo, _, hi = part.partition("-")
                 ranges.append((int(IPv4Address(lo)), int(IPv4Address(hi or lo))))
         except ValueError:
             raise ValueError(f"'{part}' is not an address, range or CIDR block") from None
-    return tuple(ranges)
+    return Codes(tuple(ranges), tuple(masked))
 
 
 def parse_reply(name: str) -> str:
@@ -121,7 +133,7 @@ def parse_reply(name: str) -> str:
     try:
         entry = catalogue.get(name)
     except catalogue.UnknownEntry:
-        raise ValueError(f"unknown catalogue entry '{name}'") from None
+        raise ValueError(unknown_entry(name)) from None
     if entry.kind is not Kind.REPLY or entry.temporary or Stage.MAIL not in entry.stages:
         raise ValueError(f"'{name}' is not a 5xx reply the milter can send at MAIL")
     return name
@@ -148,15 +160,16 @@ def _attrs(words: list[str], line: Line, errors: Errors, flags: set[str],
             if name in flags:
                 got_flags.add(name)
             else:
+                known = flags | {a + "=" for a in attrs}
                 errors.add(line.where, f"unknown word '{word}' (expected one of: "
-                           f"{', '.join(sorted(flags | {a + '=' for a in attrs}))})")
+                           f"{', '.join(sorted(known))}){did_you_mean(word, known)}")
         elif name in attrs:
             try:
                 got[name] = attrs[name](value)
             except ValueError as err:
                 errors.add(line.where, f"{name}: {err}")
         else:
-            errors.add(line.where, f"unknown attribute '{name}'")
+            errors.add(line.where, f"unknown attribute '{name}'{did_you_mean(name, attrs)}")
     return got_flags, got
 
 
@@ -212,6 +225,10 @@ class Tables:
         """``domain`` for a name already canonical (an Address's): nothing to normalise."""
         return self.domains.first_canonical(name) if name else None
 
+    def limited(self) -> list[Domain | Account]:
+        """Every domain and account: what may carry limits."""
+        return [*self.domain_list, *self.accounts.values()]
+
     def account_for_login(self, login: str) -> Account | None:
         low = login.lower()
         return self.logins.get(low) or self.accounts.get(low)
@@ -226,8 +243,9 @@ class Tables:
             try:
                 kind = DomainKind(rest[0].lower())
             except ValueError:
+                kinds = [k.value for k in DomainKind]
                 errors.add(line.where, f"unknown domain kind '{rest[0]}' (expected one of: "
-                           f"{', '.join(k.value for k in DomainKind)})")
+                           f"{', '.join(kinds)}){did_you_mean(rest[0], kinds)}")
                 continue
             flags, attrs = _attrs(rest[1:], line, errors, {"require_auth"}, _LIMIT_ATTRS)
             try:

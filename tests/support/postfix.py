@@ -320,6 +320,12 @@ class PostfixInstance:
             if path.is_file():
                 os.utime(path, (past, past))
 
+    def configure(self) -> Path:
+        """Write the configuration directory ``start`` would, without starting Postfix;
+        its path (for ``postconf -c``)."""
+        self._write_config()
+        return self.config
+
     # --- lifecycle --------------------------------------------------------------------------
 
     def _postfix(self, *args: str, check: bool = True,

@@ -1,4 +1,4 @@
-"""Documentation that is generated from code stays identical to it."""
+"""Documentation that is generated from code, or shows its output, stays identical to it."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from policy_milter import catalogue
+from policy_milter import catalogue, cli
 from policy_milter.checks import order
 from tests.conftest import REPO
 
@@ -49,3 +50,35 @@ def test_readme_examples_print_what_the_readme_shows(command: str, output: str) 
                             capture_output=True, text=True, timeout=60)
     assert result.stderr == ""
     assert normalised(result.stdout) == normalised(output)
+
+
+# The README's `policy-milter check` example: its files, as the README shows them.
+CHECK_EXAMPLE = {
+    "policy.conf": ["relay_networks = 127.0.0.0/8, 192.0.2.1/24", "max_message_size = 20M",
+                    "domains = domains", "accounts = accounts", "access = access"],
+    "domains": ["example.com   local", "example.org   local"],
+    "accounts": ["alice@example.com   max_size=50M"],
+    "access": ["sender @spammer.example       reject", "sender boss@spammer.example   permit"],
+}
+
+
+def test_readme_check_example_is_what_check_prints(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name, lines in CHECK_EXAMPLE.items():
+        assert all(line in readme for line in lines), name
+        (tmp_path / "example").mkdir(exist_ok=True)
+        (tmp_path / "example" / name).write_text("".join(f"{line}\n" for line in lines))
+    (tmp_path / "contrib").symlink_to(REPO / "contrib")
+    monkeypatch.chdir(tmp_path)
+    for command, status in (("policy-milter check --rules example", 0),
+                            ("policy-milter check --rules example --postfix "
+                             "contrib/postfix/main.cf contrib/postfix/master.cf", 1)):
+        shown = re.search(rf"\$ {re.escape(command)} 2>&1 >/dev/null\n(.*?)\n```", readme, re.S)
+        assert shown is not None, command
+        assert cli.main(command.split()[1:]) == status
+        printed = capsys.readouterr().err.splitlines()  # the README shows the findings alone
+        if "--postfix" in command:  # and leaves the rules' four out the second time
+            printed = [line for line in printed if not line.startswith("example/")]
+        assert printed == shown.group(1).splitlines()

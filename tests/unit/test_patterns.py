@@ -414,3 +414,124 @@ def test_contains() -> None:
     senders.add("@example.com", None)
     assert contains(senders, addr("a@example.com"))
     assert not contains(senders, addr("<>"))
+
+
+# --- what `check` proves: covers, disjoint, example -----------------------------------
+
+def patterns(cls: type[PatternSet[None]], *texts: str) -> PatternSet[None]:
+    found = cls()
+    for text in texts:
+        found.add(text, None)
+    return found
+
+
+COVERS = [
+    # (class, the wider set, the narrower set, covers)
+    (NetworkPatterns, ["10.0.0.0/8"], ["10.1.0.0/16", "10.2.3.4"], True),
+    (NetworkPatterns, ["10.0.0.0/8"], ["10.0.0.0/7"], False),
+    (NetworkPatterns, ["10.0.0.0/9", "10.128.0.0/9"], ["10.0.0.0/8"], False),  # not by halves
+    (NetworkPatterns, ["::/0"], ["192.0.2.1"], False),
+    (NetworkPatterns, ["192.0.2.0/24"], ["::ffff:192.0.2.7"], True),
+    (DomainPatterns, [".example.com"], ["a.example.com", ".b.example.com"], True),
+    (DomainPatterns, [".example.com"], ["example.com"], False),
+    (DomainPatterns, ["*.example.com"], ["mx.Example.COM."], True),
+    (DomainPatterns, ["example.com"], ["bücher.example"], False),
+    (DomainPatterns, ["xn--bcher-kva.example"], ["bücher.example"], True),
+    (DomainPatterns, ["*"], ["mx*.example.com", ".example.com", "a.b"], True),
+    (DomainPatterns, ["mx*.example.com"], ["mx1.example.com"], True),
+    (DomainPatterns, ["mx*.example.com"], ["mx?.example.com"], False),
+    (AddressPatterns, ["@example.com"], ["a@example.com", "B@EXAMPLE.COM"], True),
+    (AddressPatterns, ["a@example.com"], ["@example.com"], False),
+    (AddressPatterns, ["@.example.com"], ["a@x.example.com", "@.y.example.com"], True),
+    (AddressPatterns, ["@.example.com"], ["a@example.com"], False),
+    (AddressPatterns, ["abuse@"], ["abuse@example.com"], True),
+    (AddressPatterns, ["abuse@example.com"], ["abuse@"], False),
+    (AddressPatterns, ["*@example.com"], ["a@example.com"], True),
+    (AddressPatterns, ["a*@example.com"], ["ab@example.com"], True),
+    (AddressPatterns, ["a*@example.com"], ["a*@example.com"], True),
+    (AddressPatterns, ["a*@example.com"], ["ab*@example.com"], False),
+    (AddressPatterns, ["<>"], ["<>"], True),
+    (AddressPatterns, ["@example.com"], ["<>"], False),
+    (PatternSet, ["smtpd"], ["SMTPD"], True),
+    (PatternSet, ["sub*"], ["submission"], True),
+    (PatternSet, ["submission"], ["sub*"], False),
+]
+
+
+@pytest.mark.parametrize("cls, wide, narrow, expected", COVERS)
+def test_covers(cls: type[PatternSet[None]], wide: list[str], narrow: list[str],
+                expected: bool) -> None:
+    assert patterns(cls, *wide).covers(patterns(cls, *narrow)) is expected
+
+
+def test_covers_is_checked_against_the_values_themselves() -> None:
+    """Whenever a set is said to cover another, every value the other matches, it
+    matches: the proof agrees with the lookups."""
+    for cls, wide, narrow, expected in COVERS:
+        if expected and cls is AddressPatterns:
+            values = [addr(a) for a in ("a@example.com", "b@example.com", "a@x.example.com",
+                                        "abuse@example.com", "ab@example.com", "<>",
+                                        "a+tag@example.com", "a@y.example.com")]
+            one, two = patterns(cls, *wide), patterns(cls, *narrow)
+            assert all(contains(one, v) for v in values if contains(two, v))
+
+
+@pytest.mark.parametrize("cls, one, two, expected", [
+    (NetworkPatterns, ["10.0.0.0/8"], ["192.168.0.0/16", "::1"], True),
+    (NetworkPatterns, ["10.0.0.0/8"], ["192.168.0.0/16", "10.9.9.9"], False),
+    (DomainPatterns, ["a.example"], ["b.example"], True),
+    (DomainPatterns, [".example"], ["a.example"], False),
+    (DomainPatterns, [".a.example"], [".b.example"], True),
+    (DomainPatterns, [".example"], [".b.example"], False),
+    (DomainPatterns, ["mx*.example"], ["smtp.example"], True),
+    (DomainPatterns, ["mx*.example"], [".example"], False),  # not provable
+    (AddressPatterns, ["<>"], ["@example.com", "abuse@"], True),
+    (AddressPatterns, ["<>"], ["<>", "a@b.example"], False),
+    (AddressPatterns, ["a@x.example"], ["a@y.example", "@z.example"], True),
+    (AddressPatterns, ["a@x.example"], ["a+tag@x.example"], False),  # one mailbox
+    (AddressPatterns, ["a@x.example"], ["@.example"], False),
+    (AddressPatterns, ["abuse@"], ["a@x.example"], False),
+    (PatternSet, ["smtpd"], ["submission"], True),
+    (PatternSet, ["smtpd"], ["SMTPD"], False),
+    (PatternSet, ["sm*"], ["sub*"], False),
+])
+def test_disjoint(cls: type[PatternSet[None]], one: list[str], two: list[str],
+                  expected: bool) -> None:
+    assert patterns(cls, *one).disjoint(patterns(cls, *two)) is expected
+    assert patterns(cls, *two).disjoint(patterns(cls, *one)) is expected
+
+
+@pytest.mark.parametrize("cls, texts", [
+    (NetworkPatterns, ["2001:db8::/32"]),
+    (DomainPatterns, [".example.com"]),
+    (DomainPatterns, ["mx.example.com"]),
+    (AddressPatterns, ["@.example.com"]),
+    (AddressPatterns, ["abuse@"]),
+    (AddressPatterns, ["<>"]),
+    (PatternSet, ["smtpd"]),
+])
+def test_example_is_matched(cls: type[PatternSet[None]], texts: list[str]) -> None:
+    found = patterns(cls, *texts)
+    assert contains(found, found.example())
+
+
+def test_no_example_of_globs_alone() -> None:
+    assert patterns(DomainPatterns, "mx*.example").example() is None
+    assert patterns(AddressPatterns, "spam*@*").example() is None
+
+
+def test_the_domains_of_address_patterns() -> None:
+    assert patterns(AddressPatterns, "a@x.example", "@Y.example").domains() == {
+        "x.example", "y.example"}
+    for text in ("@.x.example", "abuse@", "a*@x.example", "<>", "@mx*.example"):
+        assert patterns(AddressPatterns, "a@x.example", text).domains() is None
+
+
+def test_network_patterns_remember_host_bits() -> None:
+    nets = patterns(NetworkPatterns, "192.0.2.1/24", "198.51.100.0/24", "192.0.2.9",
+                    "::ffff:192.0.2.5/120", "2001:db8::1/64")
+    assert isinstance(nets, NetworkPatterns)
+    assert [(text, str(net)) for text, net in nets.masked] == [
+        ("192.0.2.1/24", "192.0.2.0/24"), ("::ffff:192.0.2.5/120", "192.0.2.0/24"),
+        ("2001:db8::1/64", "2001:db8::/64")]
+    assert contains(nets, "192.0.2.200")  # read as the network, as before

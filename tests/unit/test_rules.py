@@ -97,8 +97,9 @@ def test_shipped_rules_load() -> None:
 # --- errors: policy.conf -------------------------------------------------------------
 
 @pytest.mark.parametrize("setting, message", [
-    ("monitr = yes", "unknown setting 'monitr'"),
-    ("access_list = access", "unknown setting 'access_list'"),
+    ("monitr = yes", "unknown setting 'monitr'; did you mean 'monitor'?"),
+    ("access_list = access", "unknown setting 'access_list'; did you mean 'access'?"),
+    ("colour = blue", "unknown setting 'colour'"),
     ("monitor", "expected 'name = value' or 'include FILE'"),
     ("max-recipients = 5", "expected 'name = value' or 'include FILE'"),
     ("include", "include takes one file name or pattern"),
@@ -130,6 +131,9 @@ def test_shipped_rules_load() -> None:
                                 "characters (like + or +-)"),
     ("unscannable_action = tempfail", "unscannable_action: 'tempfail' is not 'accept', 'reject' "
                                       "or 'reject ENTRY'"),
+    ("unscannable_action = reject content_rejectd", "unscannable_action: unknown catalogue "
+                                                   "entry 'content_rejectd'; did you mean "
+                                                   "'content_rejected'?"),
     ("unscannable_action = reject scanner_tempfail",
      "unscannable_action: 'scanner_tempfail' is not a 5xx reply the milter can send at end "
      "of message (a message too big to scan stays too big: never a 4xx)"),
@@ -242,12 +246,19 @@ LIMIT_WORDS = "limit_messages=, limit_recipients=, max_receive_size=, max_recipi
 
 TABLE_ERRORS = [
     ("domains", ["example.com local", "example.org locl"],
-     [(2, f"unknown domain kind 'locl' (expected one of: {KIND_LIST})")]),
+     [(2, f"unknown domain kind 'locl' (expected one of: {KIND_LIST}); did you mean 'local'?")]),
+    ("domains", ["example.org backup"],
+     [(1, f"unknown domain kind 'backup' (expected one of: {KIND_LIST})")]),
     ("domains", ["example.com local", "example.org"],
      [(2, f"'example.org' needs a kind: {KIND_LIST}")]),
     ("domains", ["example.com local requireauth"],
-     [(1, f"unknown word 'requireauth' (expected one of: {LIMIT_WORDS}, require_auth)")]),
-    ("domains", ["example.com local max_sise=10M"], [(1, "unknown attribute 'max_sise'")]),
+     [(1, f"unknown word 'requireauth' (expected one of: {LIMIT_WORDS}, require_auth); "
+          "did you mean 'require_auth'?")]),
+    ("domains", ["example.com local max_sise=10M"],
+     [(1, "unknown attribute 'max_sise'; did you mean 'max_size'?")]),
+    ("domains", ["example.com local max_size"],
+     [(1, f"unknown word 'max_size' (expected one of: {LIMIT_WORDS}, require_auth); "
+          "did you mean 'max_size='?")]),
     ("domains", ["example.com local max_size=1T"],
      [(1, "max_size: '1T' is not a size (a number with an optional K, M or G)")]),
     ("domains", ["example.com local max_recipients=many"],
@@ -298,10 +309,13 @@ TABLE_ERRORS = [
     ("relay_recipients", ["@backup..example"],
      [(1, "invalid domain 'backup..example': empty label")]),
     ("listeners", ["smtpd", "submission requireauth"],
-     [(2, "unknown word 'requireauth' (expected one of: max_size=, require_auth)")]),
+     [(2, "unknown word 'requireauth' (expected one of: max_size=, require_auth); "
+          "did you mean 'require_auth'?")]),
     ("listeners", ["submission max_size=ten"],
      [(1, "max_size: 'ten' is not a size (a number with an optional K, M or G)")]),
     ("listeners", ["submission max_recipients=5"], [(1, "unknown attribute 'max_recipients'")]),
+    ("dnsbl", ["bl.example client reply=acces_denied"],
+     [(1, "reply: unknown catalogue entry 'acces_denied'; did you mean 'access_denied'?")]),
 ]
 
 
@@ -322,15 +336,27 @@ FIELD_NAMES = ("client, client_name, helo, sender, recipient, listener, header, 
 RULE_ERRORS = [
     ("from @spammer.example reject",
      f"a rule starts with a condition ({FIELD_NAMES}); got 'from'"),
-    ("Client 192.0.2.1 reject", f"a rule starts with a condition ({FIELD_NAMES}); got 'Client'"),
+    ("Client 192.0.2.1 reject", f"a rule starts with a condition ({FIELD_NAMES}); got 'Client'; "
+                                "did you mean 'client'?"),
+    ("sendr @spam.example reject", f"a rule starts with a condition ({FIELD_NAMES}); "
+                                   "got 'sendr'; did you mean 'sender'?"),
     ("reject", f"a rule starts with a condition ({FIELD_NAMES}); got 'reject'"),
     ("client 192.0.2.1", "the rule has no action"),
     ("client 192.0.2.1 monitor", "the rule has no action"),
     ("client 192.0.2.1 bounce", f"unknown action 'bounce' (expected {ACTIONS})"),
     ("client 192.0.2.1 deny now", f"unknown action 'deny now' (expected {ACTIONS})"),
     ("client 192.0.2.1 discard all", f"unknown action 'discard all' (expected {ACTIONS})"),
-    ("client 192.0.2.1 reject no_such_entry", "unknown catalogue entry 'no_such_entry'"),
-    ("client 192.0.2.1 reject Access_Denied", "unknown catalogue entry 'Access_Denied'"),
+    ("client 192.0.2.1 rejct", f"unknown action 'rejct' (expected {ACTIONS}); "
+                               "did you mean 'reject'?"),
+    ("client 192.0.2.1 monitr reject", f"unknown action 'monitr reject' (expected {ACTIONS}); "
+                                       "did you mean 'monitor'?"),
+    ("client 192.0.2.1 sendr @x.example reject",
+     f"unknown action 'sendr @x.example reject' (expected {ACTIONS}); did you mean 'sender'?"),
+    ("client 192.0.2.1 reject bounced", "unknown catalogue entry 'bounced'"),
+    ("client 192.0.2.1 reject Access_Denied",
+     "unknown catalogue entry 'Access_Denied'; did you mean 'access_denied'?"),
+    ("client 192.0.2.1 reject acess_denied",
+     "unknown catalogue entry 'acess_denied'; did you mean 'access_denied'?"),
     ("client 192.0.2.1 reject access_denied now",
      "reject takes at most one catalogue entry name"),
     ("client 192.0.2.1 reject dns_tempfail", "reject needs a 5xx entry; 'dns_tempfail' is 451"),
@@ -434,7 +460,8 @@ def test_every_error_in_every_file_at_once(tmp_path: Path) -> None:
         f"{conf}:4: 'max_recipients' is already set at {extra}:1",
         f"{conf}:1: monitor: 'perhaps' is not yes or no",
         f"{conf}:5: failure_action: 'shrug' is not one of: tempfail, accept",
-        f"{tmp_path / 'domains'}:2: unknown domain kind 'locl' (expected one of: {KIND_LIST})",
+        f"{tmp_path / 'domains'}:2: unknown domain kind 'locl' (expected one of: {KIND_LIST}); "
+        "did you mean 'local'?",
         f"{tmp_path / 'accounts'}:2: account 'ALICE@example.com' is already defined at "
         f"{tmp_path / 'accounts'}:1",
         f"{tmp_path / 'lists'}:1: list 'staff@example.com' needs a mode: open or members-only",

@@ -29,7 +29,7 @@ def test_the_package_type_checks(tmp_path: Path) -> None:
 
 def setting_strings(tree: ast.AST) -> list[tuple[int, str]]:
     """String constants used as setting names: ``where["name"]`` and ``X.where["name"]``
-    subscripts, and the first string argument of ``sender_limit``."""
+    subscripts, and the second argument of ``sender_limit`` and ``setting_at``."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and (
@@ -37,7 +37,7 @@ def setting_strings(tree: ast.AST) -> list[tuple[int, str]]:
                 or isinstance(node.value, ast.Name) and node.value.id == "where"):
             found.append((node.lineno, node.slice.value))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id == "sender_limit":
+                and node.func.id in ("sender_limit", "setting_at"):
             found += [(node.lineno, a.value) for a in node.args[1:2]
                       if isinstance(a, ast.Constant)]
     return found
@@ -53,6 +53,6 @@ def test_every_setting_name_in_the_code_exists() -> None:
 
 def test_the_scan_sees_a_misspelt_name() -> None:
     tree = ast.parse('ctx.policy.where["rdsn"]\nwhere["spam_tag_scor"]\n'
-                     'sender_limit(ctx, "max_recipient", "x")\n')
+                     'sender_limit(ctx, "max_recipient", "x")\nsetting_at(policy, "dns_budgt")\n')
     assert sorted(name for _, name in setting_strings(tree)) == [
-        "max_recipient", "rdsn", "spam_tag_scor"]
+        "dns_budgt", "max_recipient", "rdsn", "spam_tag_scor"]
