@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from policy_milter import logread
-from tests.conftest import FIXTURE_RULES, REPO
+from tests.conftest import FIXTURE_RULES
 from tests.e2e.conftest import Pair
 from tests.e2e.test_postfix_envelope import command, end_of_data, expect, marker, message, remote
+from tests.support.cli import cli
 
 SENT = [  # sender, recipients and what each recipient gets through Postfix
     ("a@sender.example", [("postmaster@example.com", "ok"), ("abuse@example.com", "ok")]),
@@ -26,11 +25,6 @@ SENT = [  # sender, recipients and what each recipient gets through Postfix
                           ("alice@example.com", "ok")]),
     ("c@blocked.example", []),  # refused at MAIL
 ]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "policy_milter.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
 
 
 def send_traffic(pair: Pair) -> None:

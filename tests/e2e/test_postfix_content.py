@@ -29,7 +29,6 @@ import re
 import signal
 import smtplib
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +41,7 @@ import pytest
 
 from policy_milter import catalogue
 from policy_milter.services.challenges import SqliteChallengeStore
-from tests.conftest import REPO, copy_rules
+from tests.conftest import copy_rules
 from tests.e2e.conftest import (
     LOCAL_DOMAINS,
     MAILBOXES,
@@ -61,6 +60,7 @@ from tests.e2e.test_postfix_envelope import (
     send,
 )
 from tests.milter.conftest import MilterProcess, start_milter
+from tests.support.cli import cli
 from tests.support.dnsservers import Dnsmasq, FakeDns, Rbldnsd
 from tests.support.hostile import after_many_fields, nested_zips, with_attachment
 from tests.support.postfix import Delivered, PostfixInstance, reply
@@ -272,9 +272,7 @@ def decision_line(site: Site, before: int, *texts: str) -> str:
 
 
 def challenges_cli(rules: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "policy_milter.cli", "challenges",
-                           "--rules", str(rules), *args], check=False, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return cli("challenges", "--rules", str(rules), *args)
 
 
 # --- rows 8 and 19a: DNS, decided at MAIL FROM ---------------------------------------------------

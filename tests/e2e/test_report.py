@@ -8,14 +8,13 @@ comes from an address of its own (XCLIENT), so the refused clients can be counte
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from policy_milter.rules.policy import Policy
-from tests.conftest import FIXTURE_RULES, REPO
+from tests.conftest import FIXTURE_RULES
 from tests.e2e.conftest import Pair
+from tests.support.cli import cli
 from tests.e2e.test_postfix_envelope import (
     command,
     expect,
@@ -54,10 +53,8 @@ def test_report_counts_what_postfix_sent(fresh_pair: Callable[..., Pair], tmp_pa
     assert pair.milter.stop() == 0  # every session closed and logged
 
     page = tmp_path / "report.html"
-    result = subprocess.run(
-        [sys.executable, "-m", "policy_milter.cli", "report", "--json", "--html", str(page),
-         "--rules", "tests/fixtures/rules", str(pair.milter.log)],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = cli("report", "--json", "--html", str(page), "--rules", "tests/fixtures/rules",
+                 str(pair.milter.log))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
 

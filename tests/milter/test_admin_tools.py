@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from policy_milter import logread
 from policy_milter.offline.play import OUTCOMES
-from tests.conftest import FIXTURE_RULES, REPO
+from tests.conftest import FIXTURE_RULES
 from tests.milter.conftest import MilterProcess
+from tests.support.cli import cli
 
 CLIENT = ["--client", "192.0.2.10", "--client-name", "mx.sender.example",
           "--helo", "mx.sender.example"]
 MESSAGE = b"From: a@sender.example\r\nTo: postmaster@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
-
-
-def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "policy_milter.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, input=stdin)
 
 
 def session_args(sender: str, *rcpts: str) -> list[str]:

@@ -3,19 +3,16 @@ real clamd and spamd; hangs, garbage and closed ports come from our own fake."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from policy_milter import catalogue
 from policy_milter.mtaclient import EomResult, MilterClient, Reply
-from tests.conftest import REPO, copy_rules
+from tests.conftest import copy_rules
 from tests.milter.conftest import MilterProcess, start_milter
+from tests.support.cli import cli_json
 from tests.support.scanners import (
     ClamdServer,
     FakeScanner,
@@ -267,10 +264,3 @@ def test_policy_milter_test_with_the_scanners_answers_as_the_milter(
         [virus] = [s for s in here["steps"] if s["check"] == "virus"]
         assert "Eicar" in virus["detail"]
 
-
-def cli_json(*args: str) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "policy_milter.cli", *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.stderr == ""
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed

@@ -7,17 +7,15 @@ not produce on demand (SERVFAIL, silence) come from the project's own FakeDns.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_rules
+from tests.conftest import copy_rules
 from tests.milter.conftest import MilterProcess, start_milter
+from tests.support.cli import cli_json
 from tests.support.dnsservers import Dnsmasq, FakeDns, Rbldnsd
 from tests.support.session import assert_reply, mail_from
 
@@ -141,14 +139,11 @@ def test_policy_milter_test_with_live_dns_answers_as_the_milter(
         dns_milter: MilterProcess, addr: str, sender: str, expected: str | None) -> None:
     """``policy-milter test --dns live`` asks the same resolver the milter does and gets
     the milter's answer, with the check that decided."""
-    result = subprocess.run(
-        [sys.executable, "-m", "policy_milter.cli", "test", "--rules", str(dns_milter.rules),
-         "--dns", "live", "--client", addr, "--client-name", "mx.sender.example",
-         "--helo", "mx.sender.example", "--sender", sender,
-         "--rcpt", "postmaster@example.com", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.stderr == ""
-    [mail] = [s for s in json.loads(result.stdout)["stages"] if s["stage"] == "mail"]
+    played = cli_json("test", "--rules", str(dns_milter.rules), "--dns", "live",
+                      "--client", addr, "--client-name", "mx.sender.example",
+                      "--helo", "mx.sender.example", "--sender", sender,
+                      "--rcpt", "postmaster@example.com", "--json")
+    [mail] = [s for s in played["stages"] if s["stage"] == "mail"]
     assert (mail["entry"] or None) == expected
     if expected is not None:
         assert mail["check"] in ("rdns", "dnsbl") and mail["answer"] == "reject"

@@ -21,6 +21,7 @@ import pytest
 from policy_milter.cli import _socket_spec
 from tests.conftest import FIXTURE_RULES, REPO
 from tests.milter.conftest import start_milter
+from tests.support.cli import cli
 from tests.support.session import mail_from
 
 
@@ -131,6 +132,5 @@ def test_socket_specs(given: str, meant: str) -> None:
 
 
 def test_help_says_a_bare_port_means_loopback() -> None:
-    result = subprocess.run([sys.executable, "-m", "policy_milter.cli", "run", "--help"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = cli("run", "--help")
     assert "inet:PORT and inet6:PORT mean loopback" in " ".join(result.stdout.split())

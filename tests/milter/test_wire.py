@@ -9,8 +9,6 @@ no-callback flags as Postfix does.  Replies are compared with the catalogue entr
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -25,6 +23,7 @@ from policy_milter.stages import Stage
 from tests.conftest import FIXTURE_RULES, REPO
 from tests.milter.conftest import MilterProcess
 from tests.support import golden
+from tests.support.cli import cli
 from tests.support.golden import SESSIONS, Answer
 from tests.support.session import assert_reply, mail_from
 
@@ -176,14 +175,9 @@ def test_sighup_reloads_and_keeps_old_rules_on_error(
     assert process.proc.poll() is None
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "policy_milter.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_run_refuses_bad_rules(make_rules: Callable[..., Path]) -> None:
     rules = make_rules(max_recipients="many")
-    result = run_cli("run", "--rules", str(rules), "--socket", "inet:1@127.0.0.1")
+    result = cli("run", "--rules", str(rules), "--socket", "inet:1@127.0.0.1")
     assert result.returncode == 1
     assert f"{rules / 'policy.conf'}:" in result.stderr and "max_recipients" in result.stderr
 
@@ -193,16 +187,16 @@ def test_run_fails_when_the_socket_is_taken() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("run", "--rules", str(FIXTURE_RULES), "--socket",
+        result = cli("run", "--rules", str(FIXTURE_RULES), "--socket",
                          f"inet:{port}@127.0.0.1")
     assert result.returncode == 3
     assert "event=error" in result.stderr
 
 
 def test_check_command() -> None:
-    ok = run_cli("check", "--rules", str(REPO / "rules"))
+    ok = cli("check", "--rules", str(REPO / "rules"))
     assert ok.returncode == 0 and "domains:" in ok.stdout
-    missing = run_cli("check", "--rules", str(REPO / "no-such-dir"))
+    missing = cli("check", "--rules", str(REPO / "no-such-dir"))
     assert missing.returncode == 1 and "policy.conf: no such file" in missing.stderr
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +22,7 @@ from policy_milter.services import Services
 from policy_milter.services.challenges import SqliteChallengeStore
 from policy_milter.services.errors import DependencyError
 from policy_milter.services.spamd import SpamResult
-from tests.conftest import REPO
+from tests.support.cli import cli
 
 STRANGER = "<stranger@else.example>"
 
@@ -295,18 +294,16 @@ def test_admin_commands(setup: tuple[Engine, SqliteChallengeStore, RecordingMail
     deliver(engine, "<other@else.example>", ["<alice@example.com>"])
     rules = engine.plan.policy.source
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "policy_milter.cli", "challenges",
-                               "--rules", rules, *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=60)
+    def challenges(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli("challenges", "--rules", rules, *args)
 
-    listed = cli("list")
+    listed = challenges("list")
     assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
     assert "stranger@else.example -> alice@example.com" in listed.stdout
     first, second = (line.split()[0] for line in listed.stdout.splitlines())
-    assert cli("drop", first).returncode == 0
-    assert cli("drop", first).returncode == 3  # already gone
-    released = cli("release", second)  # no MTA listening on the configured port
+    assert challenges("drop", first).returncode == 0
+    assert challenges("drop", first).returncode == 3  # already gone
+    released = challenges("release", second)  # no MTA listening on the configured port
     assert released.returncode == 3 and "dependency_failure" in released.stderr
     assert [h.id for h in store.released()] == [second]
-    assert cli("expire").stdout.strip() == "expired 0 held message(s)"
+    assert challenges("expire").stdout.strip() == "expired 0 held message(s)"

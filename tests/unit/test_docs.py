@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from policy_milter import catalogue, cli
+from policy_milter import catalogue
+from policy_milter.cli import main
 from policy_milter.checks import order
 from tests.conftest import REPO
+from tests.support.cli import cli
 
 
 @pytest.mark.parametrize("marker, generated", [
@@ -46,8 +46,7 @@ def test_readme_examples_print_what_the_readme_shows(command: str, output: str) 
     """Each example, run as written from the repository's root, prints what the README
     says it prints: the examples are real runs, and stay so."""
     args = shlex.split(command)[1:]
-    result = subprocess.run([sys.executable, "-m", "policy_milter.cli", *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = cli(*args)
     assert result.stderr == ""
     assert normalised(result.stdout) == normalised(output)
 
@@ -77,7 +76,7 @@ def test_readme_check_example_is_what_check_prints(tmp_path: Path,
                              "contrib/postfix/main.cf contrib/postfix/master.cf", 1)):
         shown = re.search(rf"\$ {re.escape(command)} 2>&1 >/dev/null\n(.*?)\n```", readme, re.S)
         assert shown is not None, command
-        assert cli.main(command.split()[1:]) == status
+        assert main(command.split()[1:]) == status
         printed = capsys.readouterr().err.splitlines()  # the README shows the findings alone
         if "--postfix" in command:  # and leaves the rules' four out the second time
             printed = [line for line in printed if not line.startswith("example/")]
