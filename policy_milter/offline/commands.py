@@ -24,7 +24,7 @@ from .play import (OUTCOMES, Played, Script, captured_log, envelope_arg, play, p
 from .explain import explain, transaction
 from .replay import replay
 from .replay import script as replay_script
-from .services import offline
+from .services import Offline, offline
 
 EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
 OUTCOME_HELP = ", ".join(f"{code} {name}" for name, code in OUTCOMES.items())
@@ -117,16 +117,10 @@ def run_test(args: argparse.Namespace) -> int:
             print(f"policy-milter: {args.connect}: {err}", file=sys.stderr)
             return EXIT_RUNTIME
         return _print(args, played, [f"milter   {args.connect}"])
-    try:
-        policy = load(args.rules)
-    except RuleErrors as err:
-        print("\n".join(err.errors), file=sys.stderr)
-        return EXIT_RULES
-    try:
-        world = offline(policy, args.dns, args.scanners == "on")
-    except StubError as err:
-        print(f"policy-milter: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    prepared = _prepare(args.rules, args.dns, args.scanners == "on")
+    if isinstance(prepared, int):
+        return prepared
+    policy, world = prepared
     log, lines = captured_log()
     try:
         engine = Engine(policy, world.services, log, world.leave_out)
@@ -143,19 +137,28 @@ def run_test(args: argparse.Namespace) -> int:
     return _print(args, played, [f"rules    {policy.source} (hash {policy.digest})"])
 
 
-def run_replay(args: argparse.Namespace) -> int:
-    """0 whatever would change: it is a report; 1 the rules have errors."""
+def _prepare(rules: str, dns: str, scanners: bool) -> tuple[Policy, Offline] | int:
+    """The rules and the offline services, or the exit status once what is wrong is said."""
     try:
-        policy = load(args.rules)
+        policy = load(rules)
     except RuleErrors as err:
         print("\n".join(err.errors), file=sys.stderr)
         return EXIT_RULES
     try:
-        world = offline(policy, args.dns, scanners=False)
+        return policy, offline(policy, dns, scanners)
     except StubError as err:
         print(f"policy-milter: {err}", file=sys.stderr)
         return EXIT_USAGE
-    notes = [note for note in world.notes if "scanners" not in note]
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """0 whatever would change: it is a report; 1 the rules have errors."""
+    # The scanners are left as configured: a replay never reaches end of message.
+    prepared = _prepare(args.rules, args.dns, scanners=True)
+    if isinstance(prepared, int):
+        return prepared
+    policy, world = prepared
+    notes = world.notes
     try:
         engine = Engine(policy, world.services, silent_log(), world.leave_out)
         summary = replay(engine, logread.records(args.logs, args.since, args.until), notes)
