@@ -253,16 +253,18 @@ class Session:
 
     def _run(self, stage: Stage, ctx: Context, started: float) -> Decision:
         """Walk the stage's checks; return the first decision that stops the client."""
+        trace = self.trace
         for check in self.plan.checks[stage]:
             if check.name in ctx.bypass:
-                if self.trace is not None:
-                    self.trace(stage, check.name, None, 0.0)
+                if trace is not None:
+                    trace(stage, check.name, None, 0.0)
                 continue
-            asked = time.perf_counter()
-            decision = self._ask(check, ctx)
-            if self.trace is not None:
-                self.trace(stage, check.name, decision or CONTINUE,
-                           time.perf_counter() - asked)
+            if trace is None:
+                decision = self._ask(check, ctx)
+            else:
+                asked = time.perf_counter()
+                decision = self._ask(check, ctx)
+                trace(stage, check.name, decision or CONTINUE, time.perf_counter() - asked)
             if decision is None or decision.action is Action.CONTINUE:
                 continue
             monitored = decision.stops and (decision.monitor or self.policy.settings.monitor)

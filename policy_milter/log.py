@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the log only formats them; services import the log
 
 LOGGER = "policy_milter"
 _BARE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=', '\\'
+_PLAIN = re.compile(r"[ -~]*")  # printable ASCII
 _ESCAPE = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 MAX_VALUE = 1000  # characters of one value; the rest is replaced by a count
 MAX_TRACE = 8000  # of a traceback, for its innermost frames (error= has the error)
@@ -48,11 +49,13 @@ def quote(value: object, limit: int = MAX_VALUE) -> str:
     Text beyond ``limit`` characters is cut before escaping (so never inside an escape)
     and replaced by ``...[+N chars]``.
     """
-    text = str(value)
+    text = value if type(value) is str else str(value)
     if len(text) > limit:
         text = f"{text[:limit]}...[+{len(text) - limit} chars]"
     if _BARE.fullmatch(text):
         return text
+    if _PLAIN.fullmatch(text):  # the usual case: only quotes and backslashes to escape
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     out = []
     for ch in text:
         if ch in _ESCAPE:
@@ -73,7 +76,9 @@ def _escape_code(code: int) -> str:
 
 
 def fields(**values: Any) -> str:
-    return " ".join(f"{k}={quote(v)}" for k, v in values.items())
+    """``key=value`` pairs; a bare string value (the most) skips quote()'s call."""
+    return " ".join(f"{k}={v}" if type(v) is str and len(v) <= MAX_VALUE and _BARE.fullmatch(v)
+                    else f"{k}={quote(v)}" for k, v in values.items())
 
 
 def _address(addr: Resolved | None) -> str:
@@ -165,13 +170,16 @@ class _Formatter(logging.Formatter):
     def __init__(self, stamped: bool) -> None:
         super().__init__()
         self.stamped = stamped
+        self._second = (-1, "")  # the last second formatted: lines come many a second
 
     def format(self, record: logging.LogRecord) -> str:
         head = f"level={record.levelname.lower()} {record.getMessage()}"
         if not self.stamped:
             return f"policy-milter: {head}"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"ts={stamp}.{int(record.msecs):03d}Z {head}"
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"ts={self._second[1]}.{int(record.msecs):03d}Z {head}"
 
 
 def configure(target: str, level: str = "info") -> logging.Logger:
