@@ -106,6 +106,8 @@ class DecisionLog:
 
     def decision(self, stage: Stage, conn: Connection, txn: Transaction | None,
                  rcpt: Resolved | None, decision: Decision, started: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return  # nobody reads it: skip the formatting
         self.logger.info(fields(
             event="decision", stage=stage.value, **self._session(conn, txn),
             rcpt=_recipients(decision.recipients or txn.recipients)
@@ -119,6 +121,8 @@ class DecisionLog:
 
     def accepted(self, conn: Connection, txn: Transaction, quarantine: str,
                  started: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         self.logger.info(fields(
             event="decision", stage="eom", **self._session(conn, txn),
             rcpt=_recipients(txn.recipients), rule="", check="",
@@ -128,6 +132,8 @@ class DecisionLog:
 
     def envelope(self, conn: Connection, txn: Transaction | None, env: Envelope) -> None:
         """The transaction's envelope and answers, once, when it ends (transcript.py)."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         rcpts, omitted = env.rcpts_json()
         session = self._session(conn, txn)
         session["qid"] = session["qid"] or env.queue_id
