@@ -61,6 +61,12 @@ _STEPS: dict[bytes, tuple[int, int]] = {
     b"E": (0, 0),  # end of message can be neither declined nor left unanswered
 }
 
+# What each command and action bit is called (mfdef.h; the actions as milter.py names them).
+STEP_NAMES = {b"C": "connect", b"H": "helo", b"M": "mail", b"R": "rcpt", b"T": "data",
+              b"L": "header", b"N": "eoh", b"B": "body", b"U": "unknown", b"E": "eom"}
+ACTION_NAMES = ("addheader", "chgbody", "addrcpt", "delrcpt", "chgheader", "quarantine",
+                "chgfrom", "addrcpt_par", "setsymlist")  # SMFIF_ADDHDRS = 1 << 0 onwards
+
 # Postfix 3.7 with milter_protocol=6 offers every step it can skip plus SKIP,
 # RCPT_REJ and HDR_LEADSPC: all protocol bits libmilter defines (SMFI_CURR_PROT).
 OFFERED_PROTOCOL = (
@@ -161,6 +167,17 @@ class MilterClient:
         self.macro_lists: dict[str, set[str]] = {}
         self._sock: socket.socket | None = None
         self._skipping: bytes | None = None  # command the milter answered with SKIP
+
+    @property
+    def steps(self) -> list[str]:
+        """The commands the milter asked to be sent, after negotiation."""
+        return [STEP_NAMES[cmd] for cmd, (no, _nr) in _STEPS.items()
+                if not self.protocol & no]
+
+    @property
+    def action_names(self) -> list[str]:
+        """The changes the milter may ask for, after negotiation."""
+        return [name for bit, name in enumerate(ACTION_NAMES) if self.actions & (1 << bit)]
 
     # -- session ---------------------------------------------------------------
 

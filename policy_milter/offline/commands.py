@@ -255,7 +255,8 @@ def run_ping(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
     try:
         print(f"{args.socket}: negotiated in {(time.perf_counter() - started) * 1000:.1f} ms; "
-              f"actions {client.actions:#x}, protocol steps {client.protocol:#x}")
+              f"steps: {' '.join(client.steps)}; actions: "
+              f"{' '.join(client.action_names) or 'none'}")
     finally:
         client.close()
     return 0

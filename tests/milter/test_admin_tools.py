@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from policy_milter import logread
+from policy_milter.engine import Engine
+from policy_milter.mtaclient import ACTION_NAMES, STEP_NAMES
 from policy_milter.offline.play import OUTCOMES
+from policy_milter.rules.policy import load
+from policy_milter.stages import Stage
 from tests.conftest import FIXTURE_RULES
 from tests.milter.conftest import MilterProcess
 from tests.support.cli import cli
@@ -94,6 +98,11 @@ def test_test_says_what_is_wrong(args: list[str], status: int, error: str) -> No
 def test_ping(milter: MilterProcess) -> None:
     up = cli("ping", "--socket", milter.socket)
     assert up.returncode == 0 and up.stdout.startswith(f"{milter.socket}: negotiated in ")
+    needs = Engine(load(FIXTURE_RULES)).plan.needs  # what the milter must have asked for
+    steps = [name for name in STEP_NAMES.values() if Stage(name) in needs.callbacks]
+    actions = [name for name in ACTION_NAMES if name in needs.actions | {"setsymlist"}]
+    assert f"; steps: {' '.join(steps)}; actions: {' '.join(actions)}\n" in up.stdout
+    assert "header" in steps and "quarantine" in actions  # the fixture rules need them
     down = cli("ping", "--socket", "unix:/nonexistent/milter.sock", "--timeout", "1")
     assert down.returncode == 3 and "no milter at unix:/nonexistent" in down.stderr
 
