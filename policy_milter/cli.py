@@ -3,53 +3,65 @@ challenges | catalogue | checks``.
 
 Exit codes: 0 success (for ``check``: no problem, or warnings only); 1 the rules have errors
 (each printed as path:line: message), or ``check`` found a Postfix setting that makes every
-message fail or pass unchecked, or (``--strict``) any warning; 2 bad command-line usage, or
-a Postfix configuration that cannot be read; 3 the milter could not start or stopped on an
-error.  ``test`` exits by the session's outcome instead (offline/play.py: OUTCOMES).
+message fail or pass unchecked, or (``--strict``) any warning; 2 bad command-line usage (an
+unknown option, a malformed socket or log destination, a port outside 1-65535, an unknown
+syslog facility), or a Postfix configuration that cannot be read; 3 the milter could not
+start (the socket or the metrics address in use or not permitted, a socket directory or
+log file it cannot write, metrics without prometheus_client) or stopped on an error.  Each
+error is one line on stderr naming the address or path and the reason.  ``test`` exits by
+the session's outcome instead (offline/play.py: OUTCOMES).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
-import os
 import re
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
+import typing
 from pathlib import Path
 
-from . import __version__, catalogue, postconf
+from . import __version__, catalogue, listen, postconf
 from .checks import challenge, order
 from .engine import Engine
-from .log import DecisionLog, configure, reopen
+from .log import DecisionLog, LogTargetError, configure, log_target
+from .metrics import OFF, Metrics
 from .offline import commands
 from .report import moment, produce
 from .rules import lint
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
-from .services import DependencyError, in_background
+from .server import Server, StartError, settle
+from .services import DependencyError, Services, in_background
 from .services.challenges import SqliteChallengeStore
 from .services.factory import smtp_mailer
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
-LOOPBACK = {"inet": "127.0.0.1", "inet6": "[::1]"}  # the host of inet:PORT, inet6:PORT
 EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
 
 
 def _socket_spec(text: str) -> str:
-    """A libmilter socket spec; ``inet:PORT`` means loopback, where libmilter would listen
-    on every interface."""
-    if re.fullmatch(r"inet6?:\d+", text):
-        return f"{text}@{LOOPBACK[text.partition(':')[0]]}"
-    if re.fullmatch(r"unix:/.+|local:/.+|inet6?:\d+@.+", text):
-        return text
-    raise argparse.ArgumentTypeError(f"'{text}' is not inet:PORT@HOST, inet6:PORT@HOST or "
-                                     "unix:/PATH")
+    """A libmilter socket spec (listen.parse: ``inet:PORT`` means loopback)."""
+    try:
+        return listen.parse(text).spec
+    except listen.AddressError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _log_target(text: str) -> str:
+    try:
+        return log_target(text)
+    except LogTargetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line that names the command, the option and the reason."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _mode(text: str) -> int:
@@ -59,7 +71,7 @@ def _mode(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="policy-milter", description=__doc__.split("\n")[0])
+    top = _Parser(prog="policy-milter", description=__doc__.split("\n")[0])
     top.add_argument("--version", action="version", version=f"policy-milter {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     rules_help = f"rules directory holding policy.conf (default {DEFAULT_RULES})"
@@ -100,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--socket-mode", type=_mode, default=0o660,
                      help="permissions of a unix socket (default 660); a missing directory "
                           "for it is made 750")
-    run.add_argument("--log", default="stderr",
+    run.add_argument("--log", default="stderr", type=_log_target,
                      help="stderr (default), syslog[:FACILITY] or file:PATH")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--timeout", type=int, default=600,
@@ -194,131 +206,54 @@ def report(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         log = DecisionLog(configure(args.log, args.log_level))
-    except (ValueError, OSError) as err:
-        print(f"policy-milter: cannot log to {args.log}: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    except OSError as err:
+        print(f"policy-milter: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    started = time.perf_counter()
     policy = _load(args.rules)
     if policy is None:
         return EXIT_RULES
     try:
-        engine = Engine(policy, log=log)
-    except DependencyError as err:
-        log.event("error", level=logging.ERROR, error=str(err))
-        return EXIT_RUNTIME
-    _settle()
+        log.metrics = _metrics(policy)
+        engine = Engine(policy, Services(metrics=log.metrics), log=log)
+    except (DependencyError, ImportError) as err:
+        return _failed(args, log, str(err))
+    log.metrics.rules(args.rules, policy.digest, time.perf_counter() - started)
+    settle()
     store, mailer = engine.plan.live.challenges, engine.plan.live.mailer
     if store is not None and mailer is not None:
         in_background(lambda: challenge.redeliver(store, mailer, log))
     try:
-        return Server(engine, log, args).serve()
+        server = Server(engine, log, args.rules, listen.parse(args.socket), args.socket_mode,
+                        args.timeout)
+        return 0 if server.serve() else EXIT_RUNTIME
+    except StartError as err:
+        return _failed(args, log, str(err))
     finally:
+        log.metrics.close()
         engine.close()
 
 
-def _settle() -> None:
-    """Take the loaded rules out of the cyclic garbage collector's sight.
-
-    A full collection walks every tracked object, so with a large access list it would
-    cost time in proportion to the list; frozen objects are skipped, and reference
-    counting still frees them once a reload replaces them.  Unfreezing first lets a
-    collection reclaim whatever the previous rules left in cycles.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-def _socket_directory(directory: Path) -> None:
-    """Make a missing socket directory 0750: the owner and its group (the MTA's, as in
-    contrib/) may enter it.  An existing one keeps the modes its admin gave it."""
+def _metrics(policy: Policy) -> Metrics:
+    """Metrics as policy.conf says: off, or counted and served (ImportError without
+    prometheus_client, whose message says where the setting is)."""
+    if policy.settings.metrics is None:
+        return OFF
     try:
-        directory.mkdir(mode=0o750, parents=True)
-    except FileExistsError:
-        return
-    os.chmod(directory, 0o750)  # what the umask took away
+        from .prometheus import PrometheusMetrics
+    except ImportError:
+        raise ImportError(f"{policy.where['metrics']}: metrics need the Python package "
+                          "prometheus_client (pip install prometheus-client; Debian: "
+                          "python3-prometheus-client)") from None
+    return PrometheusMetrics()
 
 
-class Server:
-    """Runs libmilter in a thread while the main thread waits for signals.
-
-    libmilter's own signal thread treats SIGHUP as "stop".  Signals are blocked before
-    any thread starts and the main thread waits for them with sigwait(); Linux hands a
-    process-directed signal to the thread group leader when it waits for it, so SIGHUP
-    reloads the rules here and never reaches libmilter.
-    """
-
-    SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
-    GRACE = 30.0  # seconds open sessions get to finish after SIGTERM
-
-    def __init__(self, engine: Engine, log: DecisionLog, args: argparse.Namespace) -> None:
-        self.engine, self.log, self.args = engine, log, args
-        self.error: BaseException | None = None
-
-    def serve(self) -> int:
-        from .milter import serve  # the adapter loads pymilter only when serving
-
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-        path = self.args.socket.partition(":")[2]
-        if self.args.socket.startswith(("unix:", "local:")):
-            _socket_directory(Path(path).parent)
-        main = threading.main_thread().ident
-        worker = threading.Thread(target=self._milter, args=(serve, main), daemon=True)
-        worker.start()
-        self.log.event("start", version=__version__, socket=self.args.socket,
-                       rules=self.args.rules, pid=os.getpid(),
-                       rules_hash=self.engine.plan.policy.digest)
-        while worker.is_alive():
-            sig = signal.sigwait(self.SIGNALS)
-            if sig == signal.SIGHUP:
-                self.reload()
-            elif sig in (signal.SIGTERM, signal.SIGINT):
-                self.log.event("stop", signal=signal.Signals(sig).name,
-                               open_sessions=self.engine.open_sessions)
-                # libmilter's stop() holds up the sessions still open until its workers
-                # time out, so new connections are told to retry instead, open ones
-                # finish, and then the process leaves (the MTA's default action covers
-                # whatever comes after).
-                self.engine.stopping = True
-                self._drain()
-                if self.args.socket.startswith(("unix:", "local:")):
-                    Path(path).unlink(missing_ok=True)
-                break
-        if self.error is not None:
-            self.log.event("error", level=logging.ERROR, error=str(self.error))
-            return EXIT_RUNTIME
-        return 0
-
-    def _drain(self) -> None:
-        """Let open sessions finish (the MTA tempfails any cut off), then leave."""
-        deadline = time.monotonic() + self.GRACE
-        while self.engine.open_sessions > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def _milter(self, serve: Callable[..., None], main: int | None) -> None:
-        try:
-            serve(self.engine, self.args.socket, self.args.socket_mode,
-                  timeout=self.args.timeout)
-        except Exception as err:  # bind failures and the like end the process
-            self.error = err
-        finally:
-            if main is not None:
-                signal.pthread_kill(main, signal.SIGUSR1)  # wake the main thread
-
-    def reload(self) -> None:
-        reopen(self.log.logger)
-        try:
-            self.engine.reload(load(self.args.rules))
-        except Exception as err:  # a reload that fails keeps the rules in force
-            problems = err.errors if isinstance(err, RuleErrors) else [
-                str(err) if isinstance(err, DependencyError) else repr(err)]
-            for line in problems:
-                self.log.event("reload_error", level=logging.ERROR, error=line)
-            self.log.event("reload", level=logging.ERROR, status="failed",
-                           errors=len(problems), kept="previous rules")
-            return
-        _settle()
-        self.log.event("reload", status="ok", rules=self.args.rules,
-                       rules_hash=self.engine.plan.policy.digest)
+def _failed(args: argparse.Namespace, log: DecisionLog, message: str) -> int:
+    """The milter cannot start: one line on stderr, and in the log if that is elsewhere."""
+    print(f"policy-milter: {message}", file=sys.stderr, flush=True)
+    if args.log != "stderr":
+        log.event("error", level=logging.ERROR, error=message)
+    return EXIT_RUNTIME
 
 
 def main(argv: list[str] | None = None) -> int:

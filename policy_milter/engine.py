@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import logging
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ from .checks import access, protocol
 from .checks.base import Check, Context, NotChecked
 from .checks.order import ACTIONS, ORDER
 from .decision import CONTINUE, Action, Decision
-from .envelope import Directory
+from .envelope import Directory, Resolved
 from .log import DecisionLog
 from .message import MessageBuffer
 from .model import Connection, Transaction
@@ -54,8 +55,8 @@ class Needs:
 
 Hook = Callable[[Context], None]
 # A check's answer as it runs: (stage, check, decision or None when a white entry skipped
-# it, seconds taken).
-Trace = Callable[[Stage, str, Decision | None, float], None]
+# it, seconds taken, the recipient at RCPT).
+Trace = Callable[[Stage, str, Decision | None, float, Resolved | None], None]
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def _guarded(method: F) -> F:
             self.log.decision(stage, self.conn, self.txn, None, failed, started)
             result = Outcome(failed) if stage is Stage.EOM else failed
         self.transcript.note(stage, args, result, self.txn if stage is Stage.MAIL else txn)
+        self.log.metrics.stage(stage, time.perf_counter() - started)
         return result
     return wrapper  # type: ignore[return-value]
 
@@ -235,7 +237,13 @@ class Session:
         self.conn = Connection(rules_hash=plan.policy.digest, session_id=session_id)
         self.txn: Transaction | None = None
         self.transcript = Transcript(log, self.conn)
-        self.trace: Trace | None = None  # policy-milter test follows each check with it
+        # policy-milter test follows each check with it; --log-level debug logs each
+        self.trace: Trace | None = self._debug if log.logger.isEnabledFor(
+            logging.DEBUG) else None
+
+    def _debug(self, stage: Stage, check: str, decision: Decision | None, seconds: float,
+               rcpt: Resolved | None) -> None:
+        self.log.checked(stage, self.conn, self.txn, rcpt, check, decision, seconds)
 
     def _context(self, bypass: frozenset[str] = frozenset(), **state: Any) -> Context:
         return Context(self.policy, self.services, self.plan.live, self.log, self.conn,
@@ -257,14 +265,15 @@ class Session:
         for check in self.plan.checks[stage]:
             if check.name in ctx.bypass:
                 if trace is not None:
-                    trace(stage, check.name, None, 0.0)
+                    trace(stage, check.name, None, 0.0, ctx.rcpt)
                 continue
             if trace is None:
                 decision = self._ask(check, ctx)
             else:
                 asked = time.perf_counter()
                 decision = self._ask(check, ctx)
-                trace(stage, check.name, decision or CONTINUE, time.perf_counter() - asked)
+                trace(stage, check.name, decision or CONTINUE, time.perf_counter() - asked,
+                      ctx.rcpt)
             if decision is None or decision.action is Action.CONTINUE:
                 continue
             monitored = decision.stops and (decision.monitor or self.policy.settings.monitor)

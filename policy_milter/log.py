@@ -23,10 +23,13 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import re
+import socket
 import sys
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
+
+from .metrics import OFF, Metrics
 
 if TYPE_CHECKING:  # the log only formats them; services import the log
     from .decision import Decision
@@ -40,6 +43,7 @@ _BARE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=', '
 _PLAIN = re.compile(r"[ -~]*")  # printable ASCII
 _ESCAPE = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 MAX_VALUE = 1000  # characters of one value; the rest is replaced by a count
+SYSLOG = "/dev/log"
 MAX_TRACE = 8000  # of a traceback, for its innermost frames (error= has the error)
 
 
@@ -92,8 +96,9 @@ def _recipients(addrs: tuple[Resolved, ...] | list[Resolved]) -> str:
 class DecisionLog:
     """Writes the milter's log lines through the standard logging module."""
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(self, logger: logging.Logger | None = None, metrics: Metrics = OFF) -> None:
         self.logger = logger or logging.getLogger(LOGGER)
+        self.metrics = metrics  # counts what the log lines tell
 
     def _session(self, conn: Connection, txn: Transaction | None) -> dict[str, Any]:
         return {
@@ -106,6 +111,7 @@ class DecisionLog:
 
     def decision(self, stage: Stage, conn: Connection, txn: Transaction | None,
                  rcpt: Resolved | None, decision: Decision, started: float) -> None:
+        self.metrics.decision(stage, decision)
         if not self.logger.isEnabledFor(logging.INFO):
             return  # nobody reads it: skip the formatting
         self.logger.info(fields(
@@ -121,6 +127,7 @@ class DecisionLog:
 
     def accepted(self, conn: Connection, txn: Transaction, quarantine: str,
                  started: float) -> None:
+        self.metrics.accepted(bool(quarantine))
         if not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(fields(
@@ -149,6 +156,7 @@ class DecisionLog:
     def internal_error(self, stage: Stage | None, conn: Connection, txn: Transaction | None,
                        err: BaseException) -> None:
         """``stage`` None: raised where the stage is not known (in pymilter's C layer)."""
+        self.metrics.failure("internal", stage.value if stage else "", "")
         trace = "".join(traceback.format_exception(err)).strip()
         self.logger.error(fields(event="internal_error", stage=stage.value if stage else "",
                                  **self._session(conn, txn), error=repr(err))
@@ -157,6 +165,7 @@ class DecisionLog:
     def dependency_failure(self, check: str, service: str, conn: Connection,
                            txn: Transaction | None, detail: str, action: str, rule: str) -> None:
         """A check's dependency failed; ``rule`` is where the failure setting applied is."""
+        self.metrics.failure("dependency", check, service)
         self.logger.warning(fields(event="dependency_failure", check=check, service=service,
                                    **self._session(conn, txn), action=action, rule=rule,
                                    detail=detail, session=conn.session_id))
@@ -164,9 +173,22 @@ class DecisionLog:
     def not_checked(self, check: str, conn: Connection, txn: Transaction | None, cause: str,
                     action: str, rule: str) -> None:
         """A check could not look at the whole message; ``rule`` is unscannable_action's."""
+        self.metrics.failure("not_checked", check, "")
         self.logger.warning(fields(event="not_checked", check=check, **self._session(conn, txn),
                                    action=action, rule=rule, detail=cause,
                                    session=conn.session_id))
+
+    def checked(self, stage: Stage, conn: Connection, txn: Transaction | None,
+                rcpt: Resolved | None, check: str, decision: Decision | None,
+                seconds: float) -> None:
+        """At debug level: one check's answer (None: a white entry skipped it)."""
+        answer = "skipped" if decision is None else decision.action.value
+        self.logger.debug(fields(
+            event="check", stage=stage.value, **self._session(conn, txn),
+            rcpt=_address(rcpt), check=check, answer=answer,
+            rule=decision.rule if decision else "",
+            entry=decision.entry.name if decision and decision.entry else "",
+            duration_ms=f"{seconds * 1000:.3f}", session=conn.session_id))
 
     def event(self, event: str, level: int = logging.INFO, **values: Any) -> None:
         self.logger.log(level, fields(event=event, **values))
@@ -200,20 +222,56 @@ def configure(target: str, level: str = "info") -> logging.Logger:
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(level.upper())
-    handler: logging.Handler
-    if target == "stderr":
-        handler = logging.StreamHandler(sys.stderr)
-    elif target.startswith("syslog"):
-        facility = target.partition(":")[2] or "mail"
-        handler = logging.handlers.SysLogHandler(
-            "/dev/log", logging.handlers.SysLogHandler.facility_names[facility])
-    elif target.startswith("file:"):
-        handler = logging.FileHandler(target[len("file:"):])
-    else:
-        raise ValueError(f"unknown log target '{target}' (stderr, syslog[:FACILITY], file:PATH)")
+    handler = _handler(target)
     handler.setFormatter(_Formatter(stamped=not target.startswith("syslog")))
     logger.addHandler(handler)
     return logger
+
+
+class LogTargetError(ValueError):
+    """A --log value that names no destination (a usage error, unlike an unwritable file)."""
+
+
+def log_target(text: str) -> str:
+    """``text`` if it names a destination configure() takes."""
+    if text == "stderr" or (text.startswith("file:") and text != "file:"):
+        return text
+    if text == "syslog" or text.startswith("syslog:"):
+        facility = text.partition(":")[2] if ":" in text else "mail"
+        names = logging.handlers.SysLogHandler.facility_names
+        if facility not in names:
+            raise LogTargetError(f"'{text}': unknown syslog facility '{facility}' (one of: "
+                                 f"{', '.join(sorted(names))})")
+        return text
+    raise LogTargetError(f"'{text}' is not stderr, syslog[:FACILITY] or file:PATH")
+
+
+def _reach_syslog() -> None:
+    """Connect to syslog as SysLogHandler does (datagram, then stream), which does not
+    say when it cannot."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as sock:
+            try:
+                sock.connect(SYSLOG)
+                return
+            except OSError as err:
+                reason = err.strerror
+    raise OSError(f"cannot log to syslog at {SYSLOG}: {reason}")
+
+
+def _handler(target: str) -> logging.Handler:
+    log_target(target)
+    if target == "stderr":
+        return logging.StreamHandler(sys.stderr)
+    if target.startswith("syslog"):
+        names = logging.handlers.SysLogHandler.facility_names
+        _reach_syslog()  # else every line would print a traceback to stderr
+        return logging.handlers.SysLogHandler(SYSLOG, names[target.partition(":")[2] or "mail"])
+    path = target[len("file:"):]
+    try:
+        return logging.FileHandler(path)
+    except OSError as err:  # the one-line reason, without the errno noise
+        raise OSError(f"cannot write the log file {path}: {err.strerror}") from None
 
 
 def reopen(logger: logging.Logger) -> None:

@@ -27,10 +27,11 @@ from typing import Any
 import Milter
 import milter as libmilter  # pymilter's C module: the exception policy
 
-from . import catalogue
+from . import catalogue, listen
 from .decision import Action, Decision
 from .engine import Engine, Outcome
 from .log import DecisionLog
+from .listen import Address, ListenError
 from .stages import Stage
 
 # Stage -> (pymilter callback name, "do not send" bit, "no reply" bit)
@@ -224,21 +225,26 @@ def _log_untrapped(log: DecisionLog) -> Callable[..., None]:
     return hook
 
 
-def serve(engine: Engine, socket_spec: str, socket_mode: int, name: str = "policy-milter",
-          timeout: int = 600) -> None:
-    """Serve until the process ends; blocks the calling thread.
+def open_socket(address: Address, socket_mode: int, name: str = "policy-milter") -> None:
+    """Bind the socket libmilter will serve, before its loop starts: a failure is then
+    reported with the address and the reason (ListenError), and a unix socket gets
+    ``socket_mode`` by chmod, the process umask never touched."""
+    listen.prepare(address)
+    libmilter.register(name)  # libmilter opens sockets for a registered milter only
+    libmilter.setconn(address.spec)
+    try:
+        libmilter.opensocket(True)  # replaces a stale socket; runmilter's own is a no-op
+    except libmilter.error:
+        raise ListenError(f"cannot listen on {address.spec}: "
+                          f"{listen.why_not(address)}") from None
+    if address.family == "unix":
+        os.chmod(address.path, socket_mode)
 
-    The socket is opened before libmilter's loop starts, so that a unix socket gets
-    ``socket_mode`` by chmod and the process umask is never touched.
-    """
+
+def serve(engine: Engine, address: Address, name: str = "policy-milter",
+          timeout: int = 600) -> None:
+    """Serve the socket open_socket() bound until the process ends; blocks the thread."""
     Milter.factory = lambda: PolicyMilter(engine)
     libmilter.set_exception_policy(Milter.TEMPFAIL)
     sys.excepthook = _log_untrapped(engine.log)
-    libmilter.register(name)  # libmilter opens sockets for a registered milter only
-    libmilter.setconn(socket_spec)
-    libmilter.opensocket(True)  # replaces a stale socket; runmilter's own is then a no-op
-    kind, _, path = socket_spec.partition(":")
-    if kind in ("unix", "local"):
-        os.chmod(path, socket_mode)
-    Milter.runmilter(name, socket_spec, timeout)
-
+    Milter.runmilter(name, address.spec, timeout)

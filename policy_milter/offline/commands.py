@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _dns(text: str) -> str:
     raise argparse.ArgumentTypeError(f"'{text}' is not off, live or stub=FILE")
 
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],  # noqa: SLF001
+def add_parsers(sub: argparse._SubParsersAction[Any],  # noqa: SLF001
                 rules_default: str, socket_type: Callable[[str], str]) -> None:
     test = sub.add_parser(
         "test", help="play one session against the rules, without an MTA",

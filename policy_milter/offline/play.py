@@ -18,6 +18,7 @@ from functools import partial
 from .. import catalogue
 from ..decision import Action, Decision
 from ..engine import Engine, Outcome, Session
+from ..envelope import Resolved
 from ..log import DecisionLog
 from ..mtaclient import EomResult, MilterClient, Reply, split_message
 from ..stages import Stage
@@ -161,7 +162,7 @@ class _Player:
         self.last: Decision | Outcome | None = None
 
     def _trace(self, stage: Stage, check: str, decision: Decision | None,
-               seconds: float) -> None:
+               seconds: float, rcpt: Resolved | None) -> None:
         self.steps.append(_step(decision, seconds, check))
 
     def run(self, stage: Stage, subject: str, call: Callable[[], Decision | Outcome]) -> Decision:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, fields
 from ipaddress import ip_address
 from typing import Any
 
-from .. import catalogue
+from .. import catalogue, listen
 from ..catalogue import Entry, Kind
+from ..listen import Address
 from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
 from ..stages import Stage
 from .source import parse_bool, parse_count, parse_rate, parse_size, unknown_entry
@@ -94,6 +95,19 @@ def _host_port(text: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"'{text}' is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def _metrics_address(text: str) -> Address | None:
+    if not text:
+        return None
+    try:
+        address = listen.parse(text)
+    except listen.AddressError as err:
+        raise ValueError(str(err)) from None
+    if address.family == "unix":
+        raise ValueError(f"'{text}': metrics are served over HTTP: inet:PORT[@HOST] or "
+                         "inet6:PORT[@HOST]")
+    return address
 
 
 def _duration(text: str) -> float:
@@ -217,6 +231,8 @@ class Settings:
     challenge_expire: float = _setting(_duration, "7d")
     # At most this many challenges per client address and per sender domain.
     challenge_limit: tuple[int, int] = _setting(parse_rate, "10/1h")
+    # Prometheus metrics at http://HOST:PORT/metrics (empty: off; needs prometheus_client).
+    metrics: Address | None = _setting(_metrics_address, "")
 
     def failure(self, setting: str) -> str:
         """What a dependency failure means for a check governed by ``setting``: its own

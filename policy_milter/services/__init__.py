@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..log import LOGGER, fields
+from ..metrics import OFF, Metrics
 from .challenges import ChallengeStore
 from .clamd import VirusScanner
 from .dns import Resolver
@@ -51,3 +52,4 @@ class Services:
     spf: SenderCheck | None = None
     run_later: Callable[[Callable[[], object]], None] = in_background
     last_sweep: float = 0.0  # when held challenge mail was last expired
+    metrics: Metrics = OFF  # what the resolver counts (the log has its own reference)

@@ -93,12 +93,17 @@ class Clamd:
 
     def ping(self) -> bool:
         """True if clamd answers PONG: for health checks, never raises."""
+        return not self.problem()
+
+    def problem(self, timeout: float | None = None) -> str:
+        """Why clamd does not answer PING now, or '' when it does (start-up warnings)."""
         try:
-            with Connection("clamd", self._endpoint, self.timeout) as conn:
+            with Connection("clamd", self._endpoint, timeout or self.timeout) as conn:
                 conn.send(b"zPING\0")
-                return conn.reply() == b"PONG\0"
-        except DependencyError:
-            return False
+                reply = conn.reply()
+        except DependencyError as err:
+            return err.message
+        return "" if reply == b"PONG\0" else f"it answered PING with '{printable(reply)}'"
 
 
 def _parse(conn: Connection, reply: bytes) -> VirusResult:

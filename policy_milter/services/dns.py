@@ -27,6 +27,7 @@ import dns.rdatatype
 import dns.resolver
 from cachetools import TLRUCache
 
+from ..metrics import OFF, Metrics
 from .errors import DependencyError
 
 Key = tuple[str, str]  # (name without trailing dot, lowercase; record type)
@@ -108,8 +109,9 @@ class DnsResolver:
     """The production resolver: dnspython behind a TTL cache and an in-flight table."""
 
     def __init__(self, config: DnsConfig, workers: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics = OFF) -> None:
         self.config = config
+        self.metrics = metrics
         self._resolver = dns.resolver.Resolver(configure=not config.nameservers)
         if config.nameservers:
             self._resolver.nameservers = list(config.nameservers)
@@ -126,12 +128,15 @@ class DnsResolver:
         with self._lock:
             cached = self._cache.get(k)
             if cached is not None:
+                self.metrics.dns("hit")
                 done: Future[Answer] = Future()
                 done.set_result(cached)
                 return done
             running = self._inflight.get(k)
             if running is not None:
+                self.metrics.dns("joined")
                 return running
+            self.metrics.dns("miss")
             future = self._pool.submit(self._query, k)
             self._inflight[k] = future
         future.add_done_callback(lambda f: self._finished(k, f))
@@ -174,6 +179,11 @@ class DnsResolver:
             return Answer(name, rdtype, (), self._negative_ttl(answer.response))
         records = tuple(_text(r, rdtype) for r in answer.rrset)
         return Answer(name, rdtype, records, self._clamp(answer.rrset.ttl))
+
+    def nameservers(self) -> tuple[list[str], int]:
+        """The servers asked (the configured ones, or the system's) and their port."""
+        return ([str(getattr(n, "address", n)) for n in self._resolver.nameservers],
+                self._resolver.port)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -93,4 +93,4 @@ def _resolver(policy: Policy, given: Services, previous: Live | None) -> Resolve
     old = previous.dns if previous is not None else None
     if isinstance(old, DnsResolver) and old.config == policy.dns_config:
         return old
-    return DnsResolver(policy.dns_config)
+    return DnsResolver(policy.dns_config, metrics=given.metrics)

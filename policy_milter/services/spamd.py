@@ -58,13 +58,18 @@ class Spamd:
 
     def ping(self) -> bool:
         """True if spamd answers PONG: for health checks, never raises."""
+        return not self.problem()
+
+    def problem(self, timeout: float | None = None) -> str:
+        """Why spamd does not answer PING now, or '' when it does (start-up warnings)."""
         try:
-            with Connection("spamd", self._endpoint, self.timeout) as conn:
+            with Connection("spamd", self._endpoint, timeout or self.timeout) as conn:
                 conn.send(b"PING SPAMC/1.5\r\n\r\n")
                 conn.end_request()
-                return _PONG.fullmatch(conn.reply()) is not None
-        except DependencyError:
-            return False
+                reply = conn.reply()
+        except DependencyError as err:
+            return err.message
+        return "" if _PONG.fullmatch(reply) else f"it answered PING with '{printable(reply)}'"
 
 
 def _parse(conn: Connection, reply: bytes) -> SpamResult:
