@@ -106,29 +106,30 @@ def main() -> int:
             sink_port = free_port()
             stack.enter_context(process(["/usr/sbin/smtp-sink", "-u", "postfix", "-d",
                                             f"{sink_dir}/%M.", f"127.0.0.1:{sink_port}", "256"]))
-            milters: dict[str, str] = {"none": ""}
-            for name, transport in (("null", "unix"), ("null", "inet"), ("policy", "unix"),
-                                    ("policy", "inet"), *((("scanners", "unix"),)
-                                                          if args.scanners else ())):
-                sock = work / f"{name}-{transport}.sock"
-                port = free_port()
-                spec = f"unix:{sock}" if transport == "unix" else f"inet:{port}@127.0.0.1"
-                ready = sock if transport == "unix" else None
-                command = null_milter(spec, *null_args) if name == "null" else policy_milter(
-                    rules[name], spec, work / f"{name}-{transport}.log")
-                stack.enter_context(process(command, ready))
-                milters[f"{name}/{transport}"] = (f"unix:{sock}" if transport == "unix"
-                                                  else f"inet:127.0.0.1:{port}")
-            if any(t == "inet" for t in milters):
-                time.sleep(1)
+            # Over a unix socket Postfix uses contrib's smtpd_milters as written, the milter
+            # listening in its queue directory (smtpd's chroot); over TCP, and with no milter,
+            # the services override it.
             postfixes = {}
-            for label, spec in milters.items():
-                postfixes[label] = stack.enter_context(PostfixInstance(
-                    work / f"postfix-{label.replace('/', '-')}", spec,
+            for label in ("none", "null/unix", "null/inet", "policy/unix", "policy/inet",
+                          *(("scanners/unix",) if args.scanners else ())):
+                name, _, transport = label.partition("/")
+                port = free_port()
+                postfix = PostfixInstance(
+                    work / f"postfix-{label.replace('/', '-')}",
+                    {"unix": None, "inet": f"inet:127.0.0.1:{port}", "": ""}[transport],
                     local_domains=["example.com"], mailboxes=["postmaster@example.com"],
                     extra_main_cf={"transport_maps": f"static:smtp:[127.0.0.1]:{sink_port}",
-                                   "smtpd_milters": spec,
-                                   "default_process_limit": "100"}))
+                                   "default_process_limit": "100"})
+                if transport:
+                    postfix.milter_directory.mkdir(parents=True)
+                    sock = postfix.milter_directory / "milter.sock"
+                    spec = f"unix:{sock}" if transport == "unix" else f"inet:{port}@127.0.0.1"
+                    command = null_milter(spec, *null_args) if name == "null" else policy_milter(
+                        rules[name], spec, work / f"{name}-{transport}.log")
+                    stack.enter_context(process(command, sock if transport == "unix" else None))
+                    if transport == "inet":
+                        time.sleep(1)
+                postfixes[label] = stack.enter_context(postfix)
             for _ in range(args.rounds):
                 for size_name, size in SIZES.items():
                     for c in CONCURRENCY:

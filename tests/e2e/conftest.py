@@ -2,8 +2,10 @@
 
 Everything lives in one directory of its own under /tmp (not pytest's basetemp, which is
 private to root: smtpd and virtual(8) run as user postfix and must reach the milter socket
-and the Maildir).  The milter's directory is setgid group postfix, so its socket, made
-with the default mode 660, belongs to group postfix, as contrib/postfix/main.cf advises.
+and the Maildir).  The milter listens where contrib/systemd runs it, in the directory
+policy-milter of Postfix's queue directory (smtpd's chroot), which contrib/postfix/main.cf
+names as it is.  The directory is setgid group postfix, so the socket, made with the default
+mode 660 by a milter running as root here, belongs to group postfix as under the unit.
 Every Postfix and milter started here is stopped at the end, also when a test fails.
 """
 
@@ -63,8 +65,9 @@ class Pair:
 
 
 def milter_dir(path: Path) -> Path:
-    """A directory for a milter socket that smtpd (user postfix) may use."""
-    path.mkdir()
+    """A directory for a milter socket that smtpd (group postfix) may use: as contrib/systemd
+    makes it, group postfix, 0750, and setgid, since the milter here runs as root."""
+    path.mkdir(parents=True)
     os.chown(path, 0, grp.getgrnam("postfix").gr_gid)
     path.chmod(0o2750)  # setgid: the socket gets group postfix
     return path
@@ -80,12 +83,12 @@ def start_pair(stack: ExitStack, root: Path, name: str, rules: Path = FIXTURE_RU
     """Start a milter and a Postfix; ``stack`` stops both (Postfix first) when it closes."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))  # short: a unix socket
     workdir.chmod(0o711)                                           # path has <= 107 bytes
-    sockets = milter_dir(workdir / "milter")
-    milter = start_milter(rules, sockets)
-    pair = Pair(milter, PostfixInstance(
-        workdir / "postfix", milter.socket, users=USERS, local_domains=LOCAL_DOMAINS,
-        mailboxes=MAILBOXES, relay_domains=RELAY_DOMAINS, relay_recipients=RELAY_RECIPIENTS,
-        smtpd_options=smtpd_options), sockets)
+    postfix = PostfixInstance(
+        workdir / "postfix", users=USERS, local_domains=LOCAL_DOMAINS, mailboxes=MAILBOXES,
+        relay_domains=RELAY_DOMAINS, relay_recipients=RELAY_RECIPIENTS,
+        smtpd_options=smtpd_options)
+    sockets = milter_dir(postfix.milter_directory)
+    pair = Pair(start_milter(rules, sockets), postfix, sockets)
     stack.callback(_stop_milter, pair)  # the pair's current milter, restarted or not
     pair.postfix.start()
     stack.callback(pair.postfix.stop)

@@ -128,12 +128,11 @@ def start_site(stack: ExitStack, work: Path, rules: Path,
                mailboxes: Sequence[str] = MAILBOXES) -> Site:
     """The milter first (Postfix warns at start when its milter socket is missing), then
     Postfix; ``stack`` stops both, Postfix first."""
-    sockets = milter_dir(work / "milter")
-    milter = start_milter(rules, sockets)
+    postfix = PostfixInstance(work / "postfix", users=USERS, local_domains=LOCAL_DOMAINS,
+                              mailboxes=mailboxes, relay_domains=RELAY_DOMAINS,
+                              relay_recipients=RELAY_RECIPIENTS)
+    milter = start_milter(rules, milter_dir(postfix.milter_directory))
     stack.callback(_stop_milter, milter)
-    postfix = PostfixInstance(work / "postfix", milter.socket, users=USERS,
-                              local_domains=LOCAL_DOMAINS, mailboxes=mailboxes,
-                              relay_domains=RELAY_DOMAINS, relay_recipients=RELAY_RECIPIENTS)
     stack.callback(postfix.stop)
     postfix.start()
     return Site(milter, postfix, rules)

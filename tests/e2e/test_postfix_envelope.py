@@ -1,13 +1,13 @@
 """The golden envelope sessions through a real Postfix, as an SMTP client sees them, and
 the rows Postfix answers itself.
 
-Postfix runs with contrib/postfix/main.cf and master.cf as they are (tests/support/postfix.py
-adds only ports, paths, the site's own maps and the milter's socket) in front of a real
-policy-milter process on tests/fixtures/rules.  Clients look remote through XCLIENT
-(127.0.0.1 itself is in the rules' relay_networks).  Expected replies come from the
-catalogue, never from this file; where Postfix answers before the milter is asked (the
-golden sessions marked postfix-answers-first), a test of its own asserts Postfix's own reply
-and its docstring says why the milter's row cannot reach the client.
+Postfix runs with contrib/postfix/main.cf and master.cf as they are, chrooted smtpd and milter
+socket included (tests/support/postfix.py adds only ports, paths and the site's own maps), in
+front of a real policy-milter process on tests/fixtures/rules.  Clients look remote through
+XCLIENT (127.0.0.1 itself is in the rules' relay_networks).  Expected replies come from the
+catalogue, never from this file; where Postfix answers before the milter is asked (the golden
+sessions marked postfix-answers-first), a test of its own asserts Postfix's own reply and its
+docstring says why the milter's row cannot reach the client.
 
 Postfix passes a milter's reply through unchanged (code, enhanced code and text), at the
 command the milter refused, except a refused HELO/EHLO: that one still gets 250 and the
@@ -346,8 +346,9 @@ def test_mta_side_auth_rows_are_postfixs_own(postfix: PostfixInstance,
 
 # --- the macros Postfix sends -----------------------------------------------------------------
 
-def start_null_milter(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    socket_path, log = workdir / "null.sock", workdir / "null.log"
+def start_null_milter(workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """nullmilter.py listening in ``workdir`` where policy-milter would; its log."""
+    socket_path, log = workdir / "milter.sock", workdir / "null.log"
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "milter" / "nullmilter.py"),
                              f"unix:{socket_path}", str(log)], cwd=REPO,
                             umask=0o007)  # group postfix (setgid directory) may connect
@@ -357,7 +358,7 @@ def start_null_milter(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path
             proc.kill()
             raise AssertionError("nullmilter did not start")
         time.sleep(0.05)
-    return proc, f"unix:{socket_path}", log
+    return proc, log
 
 
 def test_macros_postfix_sends(e2e_root: Path) -> None:
@@ -366,10 +367,10 @@ def test_macros_postfix_sends(e2e_root: Path) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="macros-", dir=e2e_root))
     workdir.chmod(0o711)
     with ExitStack() as stack:
-        proc, spec, log = start_null_milter(milter_dir(workdir / "milter"))
-        stack.callback(lambda: (proc.kill(), proc.wait(10)))  # it keeps no state to flush
-        postfix = PostfixInstance(workdir / "postfix", spec, users=USERS,
+        postfix = PostfixInstance(workdir / "postfix", users=USERS,
                                   local_domains=LOCAL_DOMAINS, mailboxes=MAILBOXES)
+        proc, log = start_null_milter(milter_dir(postfix.milter_directory))
+        stack.callback(lambda: (proc.kill(), proc.wait(10)))  # it keeps no state to flush
         stack.callback(postfix.stop)
         postfix.start()
         with remote(postfix) as s:

@@ -2,10 +2,19 @@
 
 ``PostfixInstance`` builds a config directory of its own from ``contrib/postfix/main.cf`` and
 ``contrib/postfix/master.cf`` used verbatim: their lines are copied as they are, and only what a
-test needs is appended or filled in (loopback ports for the service names, ``chroot n``, paths,
-the SASL database, where mail is delivered, and the milter socket as ``-o smtpd_milters`` on
-the SMTP services).  It runs as ``postfix -c DIR`` beside the system instance, which it never
-touches.
+test needs is appended or filled in (loopback ports for the service names, paths, the SASL
+database, where mail is delivered).  The SMTP services run chrooted in the queue directory as
+contrib's master.cf says, and reach the milter through contrib's own ``smtpd_milters =
+unix:policy-milter/milter.sock``: the milter listens in ``milter_directory`` (the queue
+directory's ``policy-milter``), as contrib/systemd runs it.  It runs as ``postfix -c DIR``
+beside the system instance, which it never touches.
+
+Of what lives outside the queue directory, smtpd needs in its chroot only the sasldb, read at
+each AUTH (``SASLDB``, kept inside): its maps, the SASL configuration and plugins are opened
+before it enters the chroot, it logs through postlogd's socket in the queue directory, and it
+looks up no names here (numeric addresses, no DNS, no TLS).  The /etc files Debian's postfix
+service copies into a system instance's chroot (resolv.conf, hosts, services, nsswitch.conf,
+localtime) serve DNS, service names and the time zone of Received: dates: none is copied.
 
 No parameter is set twice in main.cf: Postfix would warn "overriding earlier entry" from every
 process, postconf run and ``postfix`` command, and those warnings go to postlogd over a unix
@@ -61,8 +70,14 @@ SASL_PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu/sasl2", "/usr/lib/aarch64-linux-g
                     "/usr/lib/sasl2")
 SASL_REALM = "mx.test.example"
 
-# The services every Postfix needs besides the SMTP listeners (Postfix's stock master.cf, minus
-# relay/lmtp delivery and the pipe examples), every one of them without chroot.  virtual(8)
+# The sasldb, relative to the queue directory: smtpd opens it at each AUTH, in its chroot
+# there, and Cyrus looks at it before the chroot too, when the queue directory is smtpd's
+# working directory.  Not in etc/: postfix-script warns of a file there that differs from the
+# one of the same name in /etc (a chroot copy out of date).
+SASLDB = "sasl/sasldb2"
+
+# The services every Postfix needs besides contrib's SMTP listeners (Postfix's stock master.cf,
+# minus relay/lmtp delivery and the pipe examples), every one of them without chroot.  virtual(8)
 # delivers any recipient at all into the one Maildir: its static map is given to it alone, so
 # smtpd still judges recipients by the site's own maps (``mailboxes``).  smtp(8) is there for a
 # transport_maps of ``static:smtp:[127.0.0.1]:PORT`` (a loopback sink; no DNS for a literal).
@@ -112,15 +127,15 @@ def _parameters(main_cf: str) -> list[str]:
 
 
 def _master_services(text: str, ports: Mapping[str, int], options: Mapping[str, str]) -> str:
-    """contrib's master.cf with each listener's service name made a loopback port, chroot n,
-    and ``options`` added as ``-o`` lines after the service's own.
+    """contrib's master.cf with each listener's service name made a loopback port, and
+    ``options`` added as ``-o`` lines after the service's own.
 
-    Only the first (service) and fifth (chroot) fields of a service line change; comments,
-    option lines and the rest of each line stay as they are.
+    Only the first field (service) of a service line changes; comments, option lines and the
+    rest of each line (its chroot column too) stay as they are.
     """
     out: list[str] = []
     seen: set[str] = set()
-    service = re.compile(r"(\S+)(\s+\S+\s+\S+\s+\S+\s+)(\S+)(\s.*)")  # name ... chroot ...
+    service = re.compile(r"(\S+)(\s.*)")  # name, the rest
     own: set[str] = set()
     extra = [f"  -o {{ {name} = {value} }}" for name, value in options.items()]
 
@@ -143,7 +158,7 @@ def _master_services(text: str, ports: Mapping[str, int], options: Mapping[str, 
                 raise ValueError(f"contrib master.cf service {name!r} has no test port")
             seen.add(name)
             own = set()
-            line = f"{LOOPBACK}:{ports[name]}{m.group(2)}n{m.group(4)}"
+            line = f"{LOOPBACK}:{ports[name]}{m.group(2)}"
         elif line[:1] in (" ", "\t"):
             own.update(re.findall(r"-o\s+\{?\s*([A-Za-z0-9_]+)\s*=", line))
         out.append(line)
@@ -172,20 +187,23 @@ class Delivered:
 class PostfixInstance:
     """A private Postfix: ``smtpd`` (port 25's role) and ``submission`` on loopback ports.
 
-    ``milter_socket`` is a milter socket spec Postfix can reach (``unix:/path`` whose directory
-    the postfix user may enter, since smtpd runs without chroot).  ``users`` maps SASL logins
-    to passwords, stored in a sasldb under ``SASL_REALM`` (which is also ``myhostname``).
-    ``mailboxes`` and ``relay_recipients`` are what Postfix itself knows of the site's
-    addresses (``virtual_mailbox_maps`` and ``relay_recipient_maps`` lines), ``local_domains``
-    and ``relay_domains`` its address classes.  ``extra_main_cf`` adds or replaces test values;
-    ``smtpd_options`` go to both SMTP services as ``-o``, after contrib's own, and so do those
-    ``extra_main_cf`` entries that contrib's main.cf sets (they then apply to smtpd only).
+    By default smtpd uses contrib's ``smtpd_milters`` as written: the milter must listen on
+    ``milter_socket``, in ``milter_directory`` (which the postfix group may enter) inside the
+    queue directory, the chroot.  ``milter_socket`` given is another milter socket spec, set
+    with ``-o smtpd_milters`` on both SMTP services (a TCP one, a unix socket under the queue
+    directory, or ``""`` for none).  ``users`` maps SASL logins to passwords, stored in a sasldb
+    under ``SASL_REALM`` (which is also ``myhostname``).  ``mailboxes`` and ``relay_recipients``
+    are what Postfix itself knows of the site's addresses (``virtual_mailbox_maps`` and
+    ``relay_recipient_maps`` lines), ``local_domains`` and ``relay_domains`` its address
+    classes.  ``extra_main_cf`` adds or replaces test values; ``smtpd_options`` go to both SMTP
+    services as ``-o``, after contrib's own, and so do those ``extra_main_cf`` entries that
+    contrib's main.cf sets (they then apply to smtpd only).
     """
 
     def __init__(
         self,
         workdir: Path,
-        milter_socket: str,
+        milter_socket: str | None = None,
         *,
         users: Mapping[str, str] | None = None,
         local_domains: Sequence[str] = (),
@@ -196,7 +214,10 @@ class PostfixInstance:
         smtpd_options: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
-        self.milter_socket = milter_socket
+        self.queue = workdir / "queue"
+        self.milter_directory = self.queue / "policy-milter"
+        self.milter_socket = (f"unix:{self.milter_directory / 'milter.sock'}"
+                              if milter_socket is None else milter_socket)
         self.users = dict(users or {})
         self.local_domains = list(local_domains)
         self.mailboxes = list(mailboxes)
@@ -206,16 +227,15 @@ class PostfixInstance:
         contrib = set(_parameters((CONTRIB / "main.cf").read_text()))
         extra = dict(extra_main_cf or {})
         self.extra_main_cf = {k: v for k, v in extra.items() if k not in contrib}
-        self.smtpd_options = {"smtpd_milters": milter_socket,
-                              **{k: v for k, v in extra.items() if k in contrib},
+        own = {} if milter_socket is None else {"smtpd_milters": milter_socket}
+        self.smtpd_options = {**own, **{k: v for k, v in extra.items() if k in contrib},
                               **(smtpd_options or {})}
         self.config = workdir / "etc"
-        self.queue = workdir / "queue"
         self.data = workdir / "data"
         self.mail = workdir / "mail"
         self.maildir = self.mail / "Maildir"
         self.maillog = workdir / "log" / "maillog"
-        self.sasldb = self.config / "sasldb2"
+        self.sasldb = self.queue / SASLDB
         self.ports: dict[str, int] = {}
         self._master_pid: int | None = None
 
@@ -288,7 +308,7 @@ class PostfixInstance:
     def _write_config(self) -> None:
         pf = pwd.getpwnam("postfix")
         postfix_gid = grp.getgrnam("postfix").gr_gid
-        for d in (self.config, self.config / "sasl", self.queue, self.maillog.parent):
+        for d in (self.config, self.config / "sasl", self.sasldb.parent, self.maillog.parent):
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.data, self.mail):
             d.mkdir(exist_ok=True)
@@ -304,7 +324,7 @@ class PostfixInstance:
             "pwcheck_method: auxprop\n"
             "auxprop_plugin: sasldb\n"
             "mech_list: PLAIN LOGIN\n"
-            f"sasldb_path: {self.sasldb}\n")
+            f"sasldb_path: {SASLDB}\n")
         saslpasswd2 = _binary("saslpasswd2")
         self.sasldb.unlink(missing_ok=True)
         for login, password in self.users.items():

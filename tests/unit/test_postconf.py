@@ -4,6 +4,7 @@ real postconf runs in tests/e2e/test_postfix_check.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ from policy_milter.postconf import milter_endpoint, postfix_endpoint
 from policy_milter.rules.policy import Policy
 from policy_milter.rules.policy import load as load_dir
 from tests.conftest import FIXTURE_RULES, REPO, copy_rules
+from tests.unit.test_contrib_kit import UNIT, directives, socket_of
 from tests.unit.test_rules import SHIPPED_RULES
 
 CONTRIB = REPO / "contrib" / "postfix"
-SYSTEMD_SOCKET = "unix:/run/policy-milter/milter.sock"
+RUN_SOCKET = "unix:/run/policy-milter/milter.sock"  # outside Postfix's chroot
 SOCKET = "inet:8894@127.0.0.1"
 MASTER = ["smtp inet n - n - - smtpd", "  -o milter_macro_daemon_name=smtpd",
           "submission inet n - n - - smtpd -o milter_macro_daemon_name=submission"]
@@ -155,14 +157,13 @@ def test_how_postfix_names_the_socket(socket: str, form: str) -> None:
 # --- the shipped files ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("rules", [SHIPPED_RULES, FIXTURE_RULES])
-def test_contrib_agrees_with_systemds_socket(rules: Path, capsys: pytest.CaptureFixture[str]
-                                             ) -> None:
-    unit = (REPO / "contrib" / "systemd" / "policy-milter.service").read_text()
-    assert f"--socket {SYSTEMD_SOCKET}" in unit
-    assert f"S={SYSTEMD_SOCKET}," in (REPO / "contrib" / "sendmail" / "policy-milter.mc").read_text()
+def test_contrib_agrees_with_the_units_socket(rules: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    socket = socket_of(directives(UNIT))
+    assert socket == "unix:/var/spool/postfix/policy-milter/milter.sock"
     status = cli.main(["check", "--rules", str(rules), "--strict", "--postfix",
                        str(CONTRIB / "main.cf"), str(CONTRIB / "master.cf"),
-                       "--socket", SYSTEMD_SOCKET])
+                       "--socket", socket])
     out, err = capsys.readouterr()
     assert (status, err) == (0, "")
     assert out == "\n".join(load_dir(rules).summary()) + "\n"
@@ -176,11 +177,26 @@ def test_contrib_with_another_socket_is_an_error(capsys: pytest.CaptureFixture[s
                 if text.startswith("smtpd_milters"))
     assert status == 1
     assert err == [
-        f"{CONTRIB}/main.cf:{line}: error: smtpd_milters = {SYSTEMD_SOCKET} does not reach the "
-        "milter's socket: every message gets milter_default_action (tempfailed, or passed "
-        "unchecked under accept); write smtpd_milters = inet:127.0.0.1:8894 (the milter's "
-        "--socket inet:8894@127.0.0.1)",
+        f"{CONTRIB}/main.cf:{line}: error: smtpd_milters = unix:policy-milter/milter.sock does "
+        "not reach the milter's socket: every message gets milter_default_action (tempfailed, "
+        "or passed unchecked under accept); write smtpd_milters = inet:127.0.0.1:8894 (the "
+        "milter's --socket inet:8894@127.0.0.1)",
         "1 error(s), 0 warning(s)"]
+
+
+def test_contrib_unchrooted_reaches_the_same_socket(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """smtpd_milters' relative path is in the queue directory whether smtpd is chrooted
+    there or not: an admin may set the chroot column to n and change nothing else."""
+    master = tmp_path / "master.cf"
+    text, chrooted = re.subn(r"(?m)^(\S+\s+inet\s+\S+\s+\S+\s+)y\b", r"\1n",
+                             (CONTRIB / "master.cf").read_text())
+    assert chrooted == 2  # smtp and submission
+    master.write_text(text)
+    assert cli.main(["check", "--rules", str(SHIPPED_RULES), "--strict", "--postfix",
+                     str(CONTRIB / "main.cf"), str(master),
+                     "--socket", socket_of(directives(UNIT))]) == 0
+    assert capsys.readouterr().err == ""
 
 
 # --- smtpd_milters --------------------------------------------------------------------------
@@ -249,11 +265,11 @@ def test_hosts_check_cannot_place(tmp_path: Path, fixture_rules: Policy, milters
 @pytest.mark.parametrize("chroot, expected", [("y", True), ("-", False), ("n", False)])
 def test_a_chrooted_smtpd_and_a_socket_outside_it(tmp_path: Path, fixture_rules: Policy,
                                                   chroot: str, expected: bool) -> None:
-    main = [f"smtpd_milters = {SYSTEMD_SOCKET}", *QUIET[1:]]
+    main = [f"smtpd_milters = {RUN_SOCKET}", *QUIET[1:]]
     master = [f"smtp inet n - {chroot} - - smtpd"]
-    assert found(tmp_path, fixture_rules, main, master, socket=SYSTEMD_SOCKET) == ([
+    assert found(tmp_path, fixture_rules, main, master, socket=RUN_SOCKET) == ([
         "DIR/master.cf:1: error: service smtp runs chrooted in /var/spool/postfix (master.cf "
-        f"chroot column), where {SYSTEMD_SOCKET} is "
+        f"chroot column), where {RUN_SOCKET} is "
         "/var/spool/postfix/run/policy-milter/milter.sock, not the milter's socket: every "
         "message it receives fails or passes unchecked; set its chroot column to n, or run the "
         "milter with a socket in the queue directory (--socket "
