@@ -11,6 +11,7 @@ provably matched by an earlier one.
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -159,6 +160,25 @@ def _settings(policy: Policy) -> Iterator[Finding]:
                       "relative path: it is taken from the milter's working directory (/ "
                       "under systemd), not from the rules directory; write an absolute path "
                       "(/var/lib/policy-milter is contrib/systemd's StateDirectory)")
+    yield from _metrics(policy)
+
+
+def _metrics(policy: Policy) -> Iterator[Finding]:
+    address, at = policy.settings.metrics, policy.where["metrics"]
+    if address is None:
+        return
+    if importlib.util.find_spec("prometheus_client") is None:
+        yield Finding(at, "metrics need the Python package prometheus_client, which is not "
+                      "installed: the milter would not start (pip install prometheus-client; "
+                      "Debian: python3-prometheus-client)", fatal=True)
+    try:
+        loopback = ip_address(address.bare_host).is_loopback
+    except ValueError:
+        loopback = address.host == "localhost"
+    if not loopback:
+        yield Finding(at, f"metrics = {address.spec} answers every host that reaches it, "
+                      "with counts of your mail by rule and reply; serve them on "
+                      "loopback (inet:PORT) unless a firewall keeps others out")
 
 
 def _host_bits(policy: Policy) -> Iterator[Finding]:

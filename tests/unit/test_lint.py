@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_milter import cli
+from policy_milter import cli, listen
 from policy_milter.engine import Engine
 from policy_milter.rules import lint
 from policy_milter.rules.policy import Policy
@@ -429,3 +429,25 @@ def test_check_without_findings_prints_the_summary_alone(capsys: pytest.CaptureF
     assert cli.main(["check", "--rules", str(FIXTURE_RULES), "--strict"]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == ("\n".join(load_dir(FIXTURE_RULES).summary()) + "\n", "")
+
+
+@pytest.mark.parametrize("address, warned", [
+    ("inet:9187", False), ("inet:9187@127.0.0.1", False), ("inet6:9187", False),
+    ("inet:9187@localhost", False), ("inet:9187@0.0.0.0", True),
+    ("inet6:9187@[2001:db8::1]", True),
+])
+def test_metrics_off_loopback(tmp_path: Path, address: str, warned: bool) -> None:
+    expected = [f"DIR/policy.conf:1: warning: metrics = {listen.parse(address).spec} answers every "
+                "host that reaches it, with counts of your mail by rule and reply; serve them "
+                "on loopback (inet:PORT) unless a firewall keeps others out"]
+    assert messages(tmp_path, [f"metrics = {address}"]) == (expected if warned else [])
+
+
+def test_metrics_without_prometheus_client_is_an_error(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = lint.importlib.util.find_spec
+    monkeypatch.setattr(lint.importlib.util, "find_spec",
+                        lambda name: None if name == "prometheus_client" else real(name))
+    [finding] = lint.check(load(tmp_path, ["metrics = inet:9187"]))
+    assert finding.fatal and finding.where == f"{tmp_path}/policy.conf:1"
+    assert "metrics need the Python package prometheus_client" in finding.message
