@@ -59,6 +59,7 @@ class PrometheusMetrics(Metrics):
                              "force were loaded (Unix time)", registry=r)
         self._reload_failures = Counter(f"{PREFIX}_reload_failures", "Reloads that kept the "
                                         "previous rules", registry=r)
+        self._stages: dict[Stage, Histogram] = {}
         self._server: ThreadingHTTPServer | None = None
 
     def decision(self, stage: Stage, decision: Decision) -> None:
@@ -71,7 +72,10 @@ class PrometheusMetrics(Metrics):
                                "no").inc()
 
     def stage(self, stage: Stage, seconds: float) -> None:
-        self._stage.labels(stage.value).observe(seconds)
+        child = self._stages.get(stage)
+        if child is None:  # looked up once per stage: labels() takes a lock and a tuple
+            child = self._stages[stage] = self._stage.labels(stage.value)
+        child.observe(seconds)
 
     def failure(self, kind: str, check: str, service: str) -> None:
         self._failures.labels(kind, check, service).inc()

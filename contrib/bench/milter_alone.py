@@ -1,6 +1,7 @@
 """Milter-alone benchmark: policy-milter against a null milter, no MTA in between.
 
     .venv/bin/python contrib/bench/milter_alone.py [--sessions 600] [--rounds 3] [--json FILE]
+                                                   [--metrics]
 
 An MTA-side driver (policy_milter.mtaclient, which honours the negotiated no-reply and
 no-callback flags) runs in a process of its own and plays sessions against each milter
@@ -11,7 +12,8 @@ message.  Concurrency 1, 8 and 64; the two milters alternate, each configuration
 loopback (no delay); the null milter negotiates the same callbacks and answers
 "continue" to everything.  Figures: sessions/s, p50/p99 session latency, and the
 milter's CPU seconds per session from /proc (stable on a noisy machine).  Target:
-policy-milter >= 0.9x the null milter.
+policy-milter >= 0.9x the null milter.  ``--metrics`` adds a third milter, policy-milter
+on the same rules with Prometheus metrics on, and reports its cost against the second.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.mtaclient import MilterClient  # noqa: E402
 from policy_milter.rules.policy import load  # noqa: E402
 from tests.conftest import copy_rules  # noqa: E402
+from tests.support.daemon import free_port  # noqa: E402
 from tests.support.dnsservers import Dnsmasq, Rbldnsd  # noqa: E402
 
 CONCURRENCY = (1, 8, 64)
@@ -120,6 +123,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--metrics", action="store_true",
+                        help="also run policy-milter with metrics on")
     parser.add_argument("--drive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -138,7 +143,8 @@ def main() -> int:
                 forward={"bl.test": rbl.port}))
             rules = policy_rules(work, dns.port)
             needs = Engine(load(rules)).plan.needs
-            sockets = {"null": work / "null.sock", "policy": work / "policy.sock"}
+            names = ("null", "policy", "metrics") if args.metrics else ("null", "policy")
+            sockets = {name: work / f"{name}.sock" for name in names}
             pids = {
                 "null": stack.enter_context(process(null_milter(
                     f"unix:{sockets['null']}", ",".join(s.value for s in needs.callbacks),
@@ -147,11 +153,16 @@ def main() -> int:
                     rules, f"unix:{sockets['policy']}", work / "milter.log"),
                     sockets["policy"])).pid,
             }
+            if args.metrics:
+                metered = copy_rules(work / "metered", rules, metrics=f"inet:{free_port()}")
+                pids["metrics"] = stack.enter_context(process(policy_milter(
+                    metered, f"unix:{sockets['metrics']}", work / "metered.log"),
+                    sockets["metrics"])).pid
             for name in pids:  # warm up: caches, threads, first DNS answers
                 measure(pids[name], f"unix:{sockets[name]}", 300, 8)
             for _ in range(args.rounds):
                 for concurrency in CONCURRENCY:
-                    for name in ("null", "policy"):
+                    for name in names:
                         runs.setdefault((name, concurrency), []).append(measure(
                             pids[name], f"unix:{sockets[name]}", args.sessions, concurrency))
     finally:
@@ -169,6 +180,17 @@ def main() -> int:
               f"{pol['p50_ms']:.1f} / {pol['p99_ms']:.1f} | "
               f"{null['milter_cpu_ms_per_session']:.2f} | "
               f"{pol['milter_cpu_ms_per_session']:.2f} |")
+    if args.metrics:
+        print("\n| concurrency | policy sessions/s | with metrics | ratio | policy CPU "
+              "ms/session | with metrics | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for c in CONCURRENCY:
+            pol, met = table[f"policy@{c}"], table[f"metrics@{c}"]
+            print(f"| {c} | {pol['sessions_per_s']:.0f} | {met['sessions_per_s']:.0f} | "
+                  f"{met['sessions_per_s'] / pol['sessions_per_s']:.2f} | "
+                  f"{pol['milter_cpu_ms_per_session']:.2f} | "
+                  f"{met['milter_cpu_ms_per_session']:.2f} | "
+                  f"{met['milter_cpu_ms_per_session'] / pol['milter_cpu_ms_per_session']:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
     return 0
