@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -91,6 +92,8 @@ def test_the_package_holds_the_program_the_unit_and_the_rules_as_conffiles(deb: 
                  for p in (REPO / "rules").iterdir()}
         names = tree.getnames()
     assert unit == (REPO / "contrib" / "systemd" / "policy-milter.service").read_bytes()
+    documentation = re.findall(r"(?m)^Documentation=file://(\S+)$", unit.decode())
+    assert documentation and all(f".{path}" in names for path in documentation)
     assert rules == {p.name: p.read_bytes() for p in (REPO / "rules").iterdir()}
     assert "./usr/bin/policy-milter" in names and "./usr/lib/policy-milter/re2/__init__.py" in names
     conffiles = run("dpkg-deb", "--info", str(deb), "conffiles").stdout.split()

@@ -1,5 +1,6 @@
-"""setup.cfg's dependency floors are met by the libraries this interpreter imports.  Run on
-Debian 12's own packages (scripts/run-tests-debian), this keeps them floors Debian meets."""
+"""setup.cfg's dependency floors (and the metrics extra's) are met by the libraries this
+interpreter imports.  Run on Debian 12's own packages (scripts/run-tests-debian), this keeps
+them floors Debian meets."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from packaging.requirements import Requirement
 from tests.conftest import REPO
 
 MODULES = {"pymilter": "Milter", "dnspython": "dns", "cachetools": "cachetools", "idna": "idna",
-           "google-re2": "re2", "pyspf": "spf"}
+           "google-re2": "re2", "pyspf": "spf", "prometheus_client": "prometheus_client"}
 
 
 def requirements() -> list[Requirement]:
     config = configparser.ConfigParser()
     config.read(REPO / "setup.cfg")
-    lines = config["options"]["install_requires"].splitlines()
+    lines = (config["options"]["install_requires"]
+             + config["options.extras_require"]["metrics"]).splitlines()
     return [Requirement(line) for line in lines if line.strip()]
 
 
