@@ -1,15 +1,16 @@
 """Command line: ``policy-milter run | check | test | ping | explain | replay | report |
-challenges | catalogue | checks``.
+challenges | init | catalogue | checks``.
 
 Exit codes: 0 success (for ``check``: no problem, or warnings only); 1 the rules have errors
 (each printed as path:line: message), or ``check`` found a Postfix setting that makes every
 message fail or pass unchecked, or (``--strict``) any warning; 2 bad command-line usage (an
 unknown option, a malformed socket or log destination, a port outside 1-65535, an unknown
-syslog facility), or a Postfix configuration that cannot be read; 3 the milter could not
-start (the socket or the metrics address in use or not permitted, a socket directory or
-log file it cannot write, metrics without prometheus_client) or stopped on an error.  Each
-error is one line on stderr naming the address or path and the reason.  ``test`` exits by
-the session's outcome instead (offline/play.py: OUTCOMES).
+syslog facility), or a Postfix configuration that cannot be read, or ``init`` would
+overwrite something or cannot write; 3 the milter could not start (the socket or the
+metrics address in use or not permitted, a socket directory or log file it cannot write,
+metrics without prometheus_client) or stopped on an error.  Each error is one line on
+stderr naming the address or path and the reason.  ``test`` exits by the session's outcome
+instead (offline/play.py: OUTCOMES).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import typing
 from pathlib import Path
 
-from . import __version__, catalogue, listen, postconf
+from . import __version__, catalogue, listen, postconf, sample
 from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, LogTargetError, configure, log_target
@@ -77,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     rules_help = f"rules directory holding policy.conf (default {DEFAULT_RULES})"
     sub.add_parser("catalogue", help="print every reply the milter can send (markdown)")
     sub.add_parser("checks", help="print the order of checks (markdown)")
+    init = sub.add_parser("init", help="write a commented starting rules directory")
+    init.add_argument("dir", metavar="DIR", help="a new or empty directory (init never "
+                                                 "overwrites)")
     check = sub.add_parser("check", help="validate the rules, warn of mistakes in their meaning "
                                          "and print a summary")
     check.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
@@ -266,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handlers = {"check": check, "challenges": challenges, "report": report, "run": run,
                 "test": commands.run_test, "ping": commands.run_ping,
-                "replay": commands.run_replay, "explain": commands.run_explain}
+                "replay": commands.run_replay, "explain": commands.run_explain,
+                "init": sample.init}
     return handlers[args.command](args)
 
 

@@ -231,7 +231,12 @@ class FakeDns:
         elif rule.soa_ttl is not None:
             response.authority.append(_soa(zone, rule.soa_ttl))
         size = (response.request_payload or 512) if udp else 65535
-        return response.to_wire(max_size=size, prefer_truncation=True), rule.delay
+        try:
+            return response.to_wire(max_size=size), rule.delay
+        except dns.exception.TooBig:  # TC and no records: the client asks again over TCP
+            response.answer, response.authority = [], []
+            response.flags |= dns.flags.TC
+            return response.to_wire(), rule.delay
 
     def _chain(self, qname: Name, qtype: RdataType, rule: _Rule) -> list[dns.rrset.RRset]:
         """The answer records, following CNAMEs to records held here as authoritative servers do."""

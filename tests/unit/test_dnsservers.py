@@ -137,7 +137,8 @@ def test_fake_drop_times_out(fake: FakeDns) -> None:
 
 def test_fake_garbage_fails_to_parse_and_the_resolver_ignores_it(fake: FakeDns) -> None:
     fake.garbage("junk.example.test")
-    with pytest.raises(dns.exception.DNSException) as raised:
+    # dnspython before 2.4 (Debian 12 has 2.3) reads its opcode as a ValueError
+    with pytest.raises((dns.exception.DNSException, ValueError)) as raised:
         raw(fake.port, "junk.example.test")
     assert not isinstance(raised.value, dns.exception.Timeout)
     # dnspython's Resolver drops unparsable datagrams (spoofing defence) and waits: a timeout.
