@@ -12,19 +12,23 @@ import io
 import os
 import pwd
 import re
+import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from policy_milter import __version__
+from policy_milter import __version__, catalogue
 from tests.conftest import REPO
 from tests.support.daemon import free_port
+from tests.support.postfix import PostfixInstance
 
 PROGRAM = "/usr/bin/policy-milter"
 APT = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -146,3 +150,74 @@ def test_installed_milter_answers_as_its_user(installed: Path, tmp_path: Path) -
         status = milter.wait(timeout=40)
     assert status == 0, log.read_text()
     assert " event=stop " in log.read_text()
+
+
+def unit_commands(unit: str, queue: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    """The installed unit's ExecStartPre and ExecStart command lines and its [Service]
+    settings, with Postfix's queue directory moved to ``queue`` (a private instance's)."""
+    text = unit.replace("\\\n", " ").replace("/var/spool/postfix", str(queue))
+    service = {key: value for key, _, value in (
+        line.partition("=") for line in text.splitlines() if "=" in line
+        and not line.startswith("#"))}
+    return (service["ExecStartPre"].removeprefix("+").split(), service["ExecStart"].split(),
+            service)
+
+
+@pytest.fixture
+def syslog() -> Iterator[socket.socket]:
+    """/dev/log, which the unit logs to (systemd's journal provides it; here nothing does)."""
+    path = Path("/dev/log")
+    assert not path.exists(), "a syslog daemon owns /dev/log here"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        path.chmod(0o666)
+        sock.settimeout(10)
+        try:
+            yield sock
+        finally:
+            path.unlink()
+
+
+def test_mail_flows_through_postfix_with_the_package_and_the_kit(
+        installed: Path, syslog: socket.socket) -> None:
+    """The README's path: the package's program and rules, its unit's command lines as
+    systemd would run them (the socket directory made as root, then the milter as
+    policy-milter, group postfix, logging to syslog), and contrib/postfix's chrooted
+    smtpd: mail to a mailbox of the sample rules is delivered, an unknown one refused
+    with the catalogue's reply."""
+    workdir = Path(tempfile.mkdtemp(prefix="deb-", dir="/tmp"))  # short: socket paths
+    workdir.chmod(0o711)
+    postfix = PostfixInstance(workdir / "postfix", local_domains=["example.com"],
+                              mailboxes=["postmaster@example.com", "abuse@example.com"])
+    unit = Path("/lib/systemd/system/policy-milter.service").read_text()
+    prepare, start, service = unit_commands(unit, postfix.queue)
+    assert service["User"] == "policy-milter" and service["Group"] == "postfix"
+    postfix.queue.mkdir(parents=True)
+    assert run(*prepare).returncode == 0
+    milter = subprocess.Popen(start, user=service["User"], group=service["Group"],
+                              extra_groups=[], umask=int(service["UMask"], 8), cwd="/",
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        started = syslog.recv(65536).decode()
+        assert "event=start" in started, started
+        postfix.start()
+        with postfix.smtp() as smtp:
+            smtp.sendmail("a@sender.example", ["postmaster@example.com"],
+                          b"Subject: through the package\r\n\r\nHello.\r\n")
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                smtp.sendmail("a@sender.example", ["nobody@example.com"], b"\r\nHi.\r\n")
+        entry = catalogue.get("unknown_user_local")
+        code, text = refused.value.recipients["nobody@example.com"]
+        assert (code, text.decode()) == (int(entry.code), f"{entry.enhanced} {entry.text}")
+        [copy] = postfix.delivered()
+        assert copy.recipient == "postmaster@example.com"
+        assert copy.message["Subject"] == "through the package"
+        logged = [syslog.recv(65536).decode() for _ in range(4)]
+        assert any("event=decision" in line and "rcpt=nobody@example.com" in line
+                   and "entry=unknown_user_local" in line for line in logged), logged
+    finally:
+        postfix.stop()
+        milter.send_signal(signal.SIGTERM)
+        status = milter.wait(timeout=40)
+        shutil.rmtree(workdir)
+    assert status == 0, milter.stdout.read() if milter.stdout else ""
