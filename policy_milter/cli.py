@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
@@ -37,6 +38,7 @@ from .server import Server, StartError, settle
 from .services import DependencyError, Services, in_background
 from .services.challenges import SqliteChallengeStore
 from .services.factory import smtp_mailer
+from .workers import Supervisor
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
@@ -56,6 +58,15 @@ def _log_target(text: str) -> str:
         return log_target(text)
     except LogTargetError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    count = int(text) if text.isdigit() else 0
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of workers (1-256) or auto")
+    return count
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log", default="stderr", type=_log_target,
                      help="stderr (default), syslog[:FACILITY] or file:PATH")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--workers", type=_workers,
+                     help="processes serving the socket: a number or auto (one per core); "
+                          "default: policy.conf's workers (1)")
     run.add_argument("--timeout", type=int, default=600,
                      help="seconds to wait for the MTA before dropping a connection")
     commands.add_parsers(sub, DEFAULT_RULES, _socket_spec)
@@ -217,25 +231,54 @@ def run(args: argparse.Namespace) -> int:
     policy = _load(args.rules)
     if policy is None:
         return EXIT_RULES
+    workers = args.workers or policy.settings.workers
     try:
         log.metrics = _metrics(policy)
+        if workers > 1 and policy.settings.metrics is not None:
+            raise ImportError(f"{policy.where['metrics']}: metrics are served by one process;"
+                              f" with {workers} workers, leave metrics off")
         engine = Engine(policy, Services(metrics=log.metrics), log=log)
     except (DependencyError, ImportError) as err:
         return _failed(args, log, str(err))
     log.metrics.rules(args.rules, policy.digest, time.perf_counter() - started)
+    address = listen.parse(args.socket)
+    if workers > 1:  # each worker builds its own engine after the fork
+        engine.close()
+        return _supervise(args, log, policy, address, workers)
     settle()
-    store, mailer = engine.plan.live.challenges, engine.plan.live.mailer
-    if store is not None and mailer is not None:
-        in_background(lambda: challenge.redeliver(store, mailer, log))
+    _redeliver(engine, log)
     try:
-        server = Server(engine, log, args.rules, listen.parse(args.socket), args.socket_mode,
-                        args.timeout)
+        server = Server(engine, log, args.rules, address, args.socket_mode, args.timeout)
         return 0 if server.serve() else EXIT_RUNTIME
     except StartError as err:
         return _failed(args, log, str(err))
     finally:
         log.metrics.close()
         engine.close()
+
+
+def _redeliver(engine: Engine, log: DecisionLog) -> None:
+    """Send again what challenge-response released and the MTA did not take."""
+    store, mailer = engine.plan.live.challenges, engine.plan.live.mailer
+    if store is not None and mailer is not None:
+        in_background(lambda: challenge.redeliver(store, mailer, log))
+
+
+def _supervise(args: argparse.Namespace, log: DecisionLog, policy: Policy,
+               address: listen.Address, workers: int) -> int:
+    def build(policy: Policy, number: int) -> Engine:
+        engine = Engine(policy, Services(), log=log)
+        settle()
+        if number == 1:
+            _redeliver(engine, log)
+        return engine
+
+    try:
+        supervisor = Supervisor(policy, build, log, args.rules, address, args.socket_mode,
+                                args.timeout, workers)
+        return 0 if supervisor.serve() else EXIT_RUNTIME
+    except StartError as err:
+        return _failed(args, log, str(err))
 
 
 def _metrics(policy: Policy) -> Metrics:

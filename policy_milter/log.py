@@ -198,10 +198,11 @@ class _Formatter(logging.Formatter):
     def __init__(self, stamped: bool) -> None:
         super().__init__()
         self.stamped = stamped
+        self.tag = ""  # worker=N in a worker process
         self._second = (-1, "")  # the last second formatted: lines come many a second
 
     def format(self, record: logging.LogRecord) -> str:
-        head = f"level={record.levelname.lower()} {record.getMessage()}"
+        head = f"level={record.levelname.lower()} {self.tag}{record.getMessage()}"
         if not self.stamped:
             return f"policy-milter: {head}"
         second = int(record.created)
@@ -272,6 +273,13 @@ def _handler(target: str) -> logging.Handler:
         return logging.FileHandler(path)
     except OSError as err:  # the one-line reason, without the errno noise
         raise OSError(f"cannot write the log file {path}: {err.strerror}") from None
+
+
+def tag_worker(logger: logging.Logger, number: int) -> None:
+    """Every line of a worker process names it (``worker=N`` after the level)."""
+    for handler in logger.handlers:
+        if isinstance(handler.formatter, _Formatter):
+            handler.formatter.tag = f"worker={number} "
 
 
 def reopen(logger: logging.Logger) -> None:

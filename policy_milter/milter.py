@@ -225,13 +225,15 @@ def _log_untrapped(log: DecisionLog) -> Callable[..., None]:
     return hook
 
 
-def open_socket(address: Address, socket_mode: int, name: str = "policy-milter") -> None:
+def open_socket(address: Address, socket_mode: int, name: str = "policy-milter") -> int:
     """Bind the socket libmilter will serve, before its loop starts: a failure is then
     reported with the address and the reason (ListenError), and a unix socket gets
-    ``socket_mode`` by chmod, the process umask never touched."""
+    ``socket_mode`` by chmod, the process umask never touched.  Returns the listening
+    descriptor (workers share it)."""
     listen.prepare(address)
     libmilter.register(name)  # libmilter opens sockets for a registered milter only
     libmilter.setconn(address.spec)
+    before = _sockets()
     try:
         libmilter.opensocket(True)  # replaces a stale socket; runmilter's own is a no-op
     except libmilter.error:
@@ -239,6 +241,20 @@ def open_socket(address: Address, socket_mode: int, name: str = "policy-milter")
                           f"{listen.why_not(address)}") from None
     if address.family == "unix":
         os.chmod(address.path, socket_mode)
+    [listening] = _sockets() - before  # libmilter does not say which it opened
+    return listening
+
+
+def _sockets() -> set[int]:
+    """The process's socket descriptors (the listing's own descriptor is not one)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(int(fd))
+        except OSError:  # closed meanwhile: the listing's own
+            continue
+    return found
 
 
 def serve(engine: Engine, address: Address, name: str = "policy-milter",

@@ -59,12 +59,15 @@ def settle() -> None:
 
 
 class Server:
-    """One milter process: ``serve()`` returns once it has stopped."""
+    """One milter process: ``serve()`` binds and returns once it has stopped.  A worker
+    (``worker`` > 0, workers.py) runs on the socket its parent bound: ``run()``; the
+    parent logs the start, tells systemd and removes a unix socket at the end."""
 
     def __init__(self, engine: Engine, log: DecisionLog, rules: str, address: Address,
-                 socket_mode: int, timeout: int) -> None:
+                 socket_mode: int, timeout: int, worker: int = 0) -> None:
         self.engine, self.log, self.rules = engine, log, rules
         self.address, self.socket_mode, self.timeout = address, socket_mode, timeout
+        self.worker = worker
         self.metrics_address = engine.plan.policy.settings.metrics  # as served until restart
         self.error: BaseException | None = None
         self._commands: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -72,7 +75,7 @@ class Server:
     def serve(self) -> bool:
         """Bind (StartError if that fails), serve, and obey signals until stopped; False
         when it stopped on an error (logged)."""
-        from .milter import open_socket, serve  # pymilter is loaded only when serving
+        from .milter import open_socket  # pymilter is loaded only when serving
 
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS | {DONE})  # every thread inherits
         try:
@@ -81,6 +84,13 @@ class Server:
                 self.log.metrics.serve(self.metrics_address)
         except ListenError as err:
             raise StartError(str(err)) from None
+        return self.run()
+
+    def run(self) -> bool:
+        """Serve the bound socket until stopped; False when it stopped on an error."""
+        from .milter import serve
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS | {DONE})
         self.log.metrics.sessions(lambda: self.engine.open_sessions)
         threading.Thread(target=self._milter, args=(serve,), name="libmilter",
                          daemon=True).start()
@@ -105,12 +115,18 @@ class Server:
     def _control(self, main: int) -> None:
         try:
             _await_sigwait(main)
-            self.log.event("start", version=__version__, socket=self.address.spec,
-                           rules=self.rules, pid=os.getpid(),
-                           rules_hash=self.engine.plan.policy.digest,
-                           metrics=self.metrics_address.spec if self.metrics_address else "")
-            notify("READY=1", f"STATUS=serving {self.address.spec}")
-            in_background(self._probe)
+            if self.worker:
+                self.log.event("worker_start", pid=os.getpid(),
+                               rules_hash=self.engine.plan.policy.digest)
+            else:
+                self.log.event("start", version=__version__, socket=self.address.spec,
+                               rules=self.rules, pid=os.getpid(),
+                               rules_hash=self.engine.plan.policy.digest,
+                               metrics=self.metrics_address.spec if self.metrics_address
+                               else "")
+                notify("READY=1", f"STATUS=serving {self.address.spec}")
+            if self.worker <= 1:  # one process warns, not each worker
+                in_background(self._probe)
             while (sig := self._commands.get()) != ENDED:
                 if sig == signal.SIGHUP:
                     self.reload()
@@ -132,7 +148,7 @@ class Server:
         deadline = time.monotonic() + GRACE
         while self.engine.open_sessions > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self.address.family == "unix":
+        if self.address.family == "unix" and not self.worker:  # the parent's, in workers
             Path(self.address.path).unlink(missing_ok=True)
 
     def _probe(self) -> None:
@@ -169,7 +185,8 @@ class Server:
         self.log.metrics.rules(self.rules, policy.digest, time.perf_counter() - started)
         self.log.event("reload", status="ok", rules=self.rules, rules_hash=policy.digest)
         notify("READY=1", f"STATUS=serving {self.address.spec}")
-        in_background(self._probe)
+        if self.worker <= 1:
+            in_background(self._probe)
 
 
 def _await_sigwait(thread: int, timeout: float = 2.0) -> None:

@@ -8,6 +8,7 @@ never a lookup that fails when a message reaches that line.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -95,6 +96,12 @@ def _host_port(text: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"'{text}' is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def _workers(text: str) -> int:
+    if text.lower() == "auto":
+        return os.cpu_count() or 1
+    return _bounded(1, 256)(text)
 
 
 def _metrics_address(text: str) -> Address | None:
@@ -231,6 +238,8 @@ class Settings:
     challenge_expire: float = _setting(_duration, "7d")
     # At most this many challenges per client address and per sender domain.
     challenge_limit: tuple[int, int] = _setting(parse_rate, "10/1h")
+    # Processes serving the socket (auto: one per core); more than one needs a shared store.
+    workers: int = _setting(_workers, "1")
     # Prometheus metrics at http://HOST:PORT/metrics (empty: off; needs prometheus_client).
     metrics: Address | None = _setting(_metrics_address, "")
 

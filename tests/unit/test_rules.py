@@ -505,7 +505,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "spam_tag_score": 5.0, "spam_reject_score": 10.0, "spam_subject_tag": "",
         "spam_failure_action": "", "challenge_store": "", "challenge_address": "",
         "challenge_smtp": ("127.0.0.1", 25), "challenge_expire": 7 * 86400,
-        "challenge_limit": (10, 3600), "metrics": None,
+        "challenge_limit": (10, 3600), "workers": 1, "metrics": None,
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
