@@ -19,7 +19,7 @@ NULL_MILTER = REPO / "contrib" / "bench" / "nullmilter.py"
 def process(command: list[str], ready: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` for the block; when ``ready`` is given, wait until it exists."""
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while ready is not None and not ready.exists():
@@ -28,7 +28,7 @@ def process(command: list[str], ready: Path | None = None) -> Iterator[subproces
             time.sleep(0.05)
         yield proc
     finally:
-        proc.kill()
+        os.killpg(proc.pid, 9)  # a milter's workers too
         proc.wait()
 
 
@@ -43,9 +43,25 @@ def null_milter(socket: str, callbacks: str, noreply: str) -> list[str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time so far of a process and its live descendants (a milter's
+    workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        grew = bool(below)
+        tree |= below
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def status(pid: int, field: str) -> int:

@@ -1,7 +1,7 @@
 """Milter-alone benchmark: policy-milter against a null milter, no MTA in between.
 
     .venv/bin/python contrib/bench/milter_alone.py [--sessions 600] [--rounds 3] [--json FILE]
-                                                   [--metrics]
+                                                   [--metrics] [--workers N]
 
 An MTA-side driver (policy_milter.mtaclient, which honours the negotiated no-reply and
 no-callback flags) runs in a process of its own and plays sessions against each milter
@@ -13,13 +13,19 @@ loopback (no delay); the null milter negotiates the same callbacks and answers
 "continue" to everything.  Figures: sessions/s, p50/p99 session latency, and the
 milter's CPU seconds per session from /proc (stable on a noisy machine).  Target:
 policy-milter >= 0.9x the null milter.  ``--metrics`` adds a third milter, policy-milter
-on the same rules with Prometheus metrics on, and reports its cost against the second.
+on the same rules with Prometheus metrics on, and reports its cost against the second;
+``--workers N`` adds policy-milter with N workers, and reports its speed-up over one
+process beside the speed-up the machine's CPUs allow: with C cores, milter CPU m and driver
+CPU d per session (the driver shares the cores), at most min(N / m, C / (m + d)) sessions
+per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,12 +104,18 @@ def drive(address: str, sessions: int, concurrency: int) -> dict[str, float]:
 
 
 def measure(pid: int, address: str, sessions: int, concurrency: int) -> dict[str, float]:
-    before = cpu_seconds(pid)
+    before, driver = cpu_seconds(pid), _children_cpu()
     out = subprocess.run([sys.executable, __file__, "--drive", address, str(sessions),
                           str(concurrency)], check=True, capture_output=True, text=True).stdout
     result = json.loads(out)
     result["milter_cpu_ms_per_session"] = (cpu_seconds(pid) - before) / sessions * 1000
+    result["driver_cpu_ms_per_session"] = (_children_cpu() - driver) / sessions * 1000
     return result
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def policy_rules(work: Path, dns_port: int) -> Path:
@@ -125,6 +137,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--metrics", action="store_true",
                         help="also run policy-milter with metrics on")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also run policy-milter with this many workers")
     parser.add_argument("--drive", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -143,7 +157,8 @@ def main() -> int:
                 forward={"bl.test": rbl.port}))
             rules = policy_rules(work, dns.port)
             needs = Engine(load(rules)).plan.needs
-            names = ("null", "policy", "metrics") if args.metrics else ("null", "policy")
+            names = ("null", "policy", *(("metrics",) if args.metrics else ()),
+                     *(("workers",) if args.workers else ()))
             sockets = {name: work / f"{name}.sock" for name in names}
             pids = {
                 "null": stack.enter_context(process(null_milter(
@@ -158,6 +173,10 @@ def main() -> int:
                 pids["metrics"] = stack.enter_context(process(policy_milter(
                     metered, f"unix:{sockets['metrics']}", work / "metered.log"),
                     sockets["metrics"])).pid
+            if args.workers:
+                pids["workers"] = stack.enter_context(process([*policy_milter(
+                    rules, f"unix:{sockets['workers']}", work / "workers.log"),
+                    "--workers", str(args.workers)], sockets["workers"])).pid
             for name in pids:  # warm up: caches, threads, first DNS answers
                 measure(pids[name], f"unix:{sockets[name]}", 300, 8)
             for _ in range(args.rounds):
@@ -191,6 +210,18 @@ def main() -> int:
                   f"{pol['milter_cpu_ms_per_session']:.2f} | "
                   f"{met['milter_cpu_ms_per_session']:.2f} | "
                   f"{met['milter_cpu_ms_per_session'] / pol['milter_cpu_ms_per_session']:.2f} |")
+    if args.workers:
+        print(f"\n{args.workers} workers on {os.cpu_count()} cores | sessions/s | speed-up | "
+              "allowed | achieved / allowed | milter CPU ms/session | driver CPU ms/session")
+        print("|---|---|---|---|---|---|---|")
+        for c in CONCURRENCY:
+            one, many = table[f"policy@{c}"], table[f"workers@{c}"]
+            m, d = many["milter_cpu_ms_per_session"], many["driver_cpu_ms_per_session"]
+            allowed = min(args.workers / m, (os.cpu_count() or 1) / (m + d)) * 1000
+            speedup = many["sessions_per_s"] / one["sessions_per_s"]
+            ceiling = allowed / one["sessions_per_s"]
+            print(f"| concurrency {c} | {many['sessions_per_s']:.0f} | {speedup:.2f} | "
+                  f"{ceiling:.2f} | {speedup / ceiling:.2f} | {m:.2f} | {d:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
     return 0
