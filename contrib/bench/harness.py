@@ -42,9 +42,10 @@ def null_milter(socket: str, callbacks: str, noreply: str) -> list[str]:
     return [sys.executable, str(NULL_MILTER), socket, callbacks, noreply]
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
     """User plus system CPU time so far of a process and its live descendants (a milter's
-    workers)."""
+    workers); with ``reaped``, also of the children they have waited for (Postfix's master
+    collects its ended smtpd and cleanup processes)."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -55,7 +56,10 @@ def cpu_seconds(pid: int) -> float:
         except OSError:  # ended meanwhile
             continue
         parents[int(entry.name)] = int(fields[1])
-        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped:
+            ticks += int(fields[13]) + int(fields[14])
+        times[int(entry.name)] = ticks / os.sysconf("SC_CLK_TCK")
     tree, grew = {pid}, True
     while grew:
         below = {child for child, parent in parents.items() if parent in tree} - tree

@@ -11,8 +11,12 @@ Configurations, run interleaved, --rounds times each, medians reported:
   d. as (c) with clamd and spamd scanning every message (--scanners; slow).
 Each at concurrency 1, 10 and 32, with 1 KB and 50 KB messages, over a unix socket
 and, for (b) and (c) at 1 KB, over TCP too.  The client (smtp-source, 127.0.0.1) is
-outside policy-milter's relay networks, so every check runs.  Figure: messages
-delivered to smtp-sink per second, from the first connection to the last delivery.
+outside policy-milter's relay networks, so every check runs.  Figures: messages
+delivered to smtp-sink per second, from the first connection to the last delivery; and
+the CPU time per message of the milter's processes and of all the Postfix instance's
+processes (its master and every child, ended ones included), from /proc before and
+after each run: on a machine whose throughput swings from run to run, the figure a
+ratio can be trusted on.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from harness import null_milter, policy_milter, process  # noqa: E402
+from harness import cpu_seconds, null_milter, policy_milter, process  # noqa: E402
 
 from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.rules.policy import load  # noqa: E402
@@ -56,10 +60,13 @@ def policy_rules(work: Path, dns_port: int, name: str, **settings: str) -> Path:
     return rules
 
 
-def run_once(postfix: PostfixInstance, sink_dir: Path, messages: int, sessions: int,
-             size: int) -> float:
-    """Messages per second from the first connection to the last delivery."""
+def run_once(postfix: PostfixInstance, milter: int | None, sink_dir: Path, messages: int,
+             sessions: int, size: int) -> dict[str, float]:
+    """Messages per second from the first connection to the last delivery, and the CPU
+    ms per message of the milter and of Postfix."""
     before = len(list(sink_dir.iterdir()))
+    master = postfix.master_pid or 0
+    cpu = (cpu_seconds(milter) if milter else 0.0, cpu_seconds(master, reaped=True))
     started = time.perf_counter()
     subprocess.run(["/usr/sbin/smtp-source", "-c", "-l", str(size), "-m", str(messages),
                     "-s", str(sessions), "-f", "bench@sender.example",
@@ -71,7 +78,10 @@ def run_once(postfix: PostfixInstance, sink_dir: Path, messages: int, sessions: 
         if time.monotonic() > deadline:
             raise RuntimeError("not every message reached the sink")
         time.sleep(0.01)
-    return messages / (time.perf_counter() - started)
+    rate = messages / (time.perf_counter() - started)
+    return {"per_s": rate,
+            "milter_ms": ((cpu_seconds(milter) if milter else 0.0) - cpu[0]) / messages * 1000,
+            "postfix_ms": (cpu_seconds(master, reaped=True) - cpu[1]) / messages * 1000}
 
 
 def main() -> int:
@@ -83,7 +93,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="postfix-bench-"))
     work.chmod(0o755)
-    results: dict[str, list[float]] = {}
+    results: dict[str, list[dict[str, float]]] = {}
+    milters: dict[str, int | None] = {}
     try:
         with ExitStack() as stack:
             rbl = stack.enter_context(Rbldnsd(work / "rbl", {
@@ -126,7 +137,8 @@ def main() -> int:
                     spec = f"unix:{sock}" if transport == "unix" else f"inet:{port}@127.0.0.1"
                     command = null_milter(spec, *null_args) if name == "null" else policy_milter(
                         rules[name], spec, work / f"{name}-{transport}.log")
-                    stack.enter_context(process(command, sock if transport == "unix" else None))
+                    milters[label] = stack.enter_context(
+                        process(command, sock if transport == "unix" else None)).pid
                     if transport == "inet":
                         time.sleep(1)
                 postfixes[label] = stack.enter_context(postfix)
@@ -137,11 +149,15 @@ def main() -> int:
                             if label.endswith("/inet") and size_name != "1KB":
                                 continue
                             key = f"{label}|{size_name}|{c}"
-                            results.setdefault(key, []).append(
-                                run_once(postfix, sink_dir, args.messages, c, size))
+                            results.setdefault(key, []).append(run_once(
+                                postfix, milters.get(label), sink_dir, args.messages, c, size))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = {k: statistics.median(v) for k, v in results.items()}
+    table = {k: statistics.median(r["per_s"] for r in v) for k, v in results.items()}
+    cpu = {k: {f: statistics.median(r[f] for r in v) for f in ("milter_ms", "postfix_ms")}
+           for k, v in results.items()}
+    spread = {k: {f: (min(r[f] for r in v), max(r[f] for r in v))
+                  for f in ("milter_ms", "postfix_ms")} for k, v in results.items()}
     print(f"through Postfix, {args.messages} messages per run, median of {args.rounds} rounds "
           "(messages/s delivered)")
     labels = list(dict.fromkeys(k.split("|")[0] for k in table))
@@ -158,8 +174,26 @@ def main() -> int:
         pol, null, none = (table[f"{x}|1KB|{c}"] for x in ("policy/inet", "null/inet", "none"))
         print(f"inet, 1KB, concurrency {c}: policy/none {pol / none:.2f}, "
               f"policy/null {pol / null:.2f}")
+    print("\nCPU ms per message, median (min-max over the rounds): milter processes; "
+          "all Postfix processes")
+    print("| size | concurrency | Postfix, no milter | null milter | Postfix with it "
+          "| policy-milter | Postfix with it | policy/null milter CPU |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def cell(key: str, field: str) -> str:
+        low, high = spread[key][field]
+        return f"{cpu[key][field]:.2f} ({low:.2f}-{high:.2f})"
+
+    for size_name in SIZES:
+        for c in CONCURRENCY:
+            none, null, pol = (f"{x}|{size_name}|{c}" for x in ("none", "null/unix",
+                                                                  "policy/unix"))
+            print(f"| {size_name} | {c} | {cell(none, 'postfix_ms')} | "
+                  f"{cell(null, 'milter_ms')} | {cell(null, 'postfix_ms')} | "
+                  f"{cell(pol, 'milter_ms')} | {cell(pol, 'postfix_ms')} | "
+                  f"{cpu[pol]['milter_ms'] / cpu[null]['milter_ms']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps(table, indent=2) + "\n")
+        args.json.write_text(json.dumps({"per_s": table, "cpu": cpu}, indent=2) + "\n")
     return 0
 
 
