@@ -57,7 +57,7 @@ def parse_query(text: str, where: str) -> Query:
     for m in _PERCENT.finditer(text):
         if m[0] == "%s":
             keys += 1
-        elif m[0] != "%%" and m[0].endswith("%s"):
+        elif m[0] in ("'%s'", '"%s"'):
             raise ValueError(f"{m[0]}: write %s without quotes: the key is passed as a "
                              "parameter, never pasted into the SQL")
         elif m[0] != "%%":

@@ -116,7 +116,7 @@ def sql_rules(dest: Path, url: str, name: str = "mail", **settings: str) -> Path
     """The fixture rules with every table that can come from SQL read from ``url``."""
     tables = {t: f"sql:{name}" for t in QUERIES if t != "accounts_login"}
     queries = {f"{t}_query": q for t, q in QUERIES.items()}
-    rules = copy_rules(dest, **tables, **queries, **settings)
+    rules = copy_rules(dest, **{**tables, **queries, **settings})
     conf = rules / "policy.conf"
     conf.write_text(f"sql {name} = {url}\n" + conf.read_text())
     return rules
