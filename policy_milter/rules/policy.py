@@ -118,8 +118,7 @@ class _Loader:
             if eq and name.split()[0] == "sql":
                 self.database(line, path, name.split()[1:], value.strip())
             elif not eq or not name.isidentifier():
-                self.errors.add(line.where, "expected 'name = value', 'sql NAME = URL' or "
-                                "'include FILE'")
+                self.errors.add(line.where, "expected 'name = value' or 'include FILE'")
             elif name not in SETTING_NAMES and name not in TABLE_FILES \
                     and name not in RULE_FILES and name not in QUERIES:
                 known = (*SETTING_NAMES, *TABLE_FILES, *RULE_FILES, *QUERIES)

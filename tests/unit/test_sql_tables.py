@@ -27,6 +27,7 @@ from policy_milter.rules.source import RuleErrors
 from policy_milter.services import Services
 from policy_milter.services.sql import Connection, SqlTable, parse_query
 from policy_milter.rules.tables import parse_row
+from tests.conftest import REPO
 from tests.support import golden
 from tests.support.golden import SESSIONS
 from tests.support.postgres import Postgres
@@ -295,3 +296,30 @@ def test_the_fixture_tables_fill_every_column_they_need() -> None:
     """The schema's filler turns every fixture line into a row (none dropped)."""
     by_table: Callable[[str], int] = lambda t: sum(t in sql for sql, _ in statements())
     assert by_table("INTO domain ") == 9 and by_table("INTO mailbox") == 10
+
+
+def _readme_block(first: str) -> list[str]:
+    """The lines of the README's fenced block that starts with ``first``."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split(f"```\n{first}", 1)[1].split("```", 1)[0]
+    return (first + block).splitlines()
+
+
+def test_the_readme_postfixadmin_queries_read_a_postfixadmin_database(
+        postgres: Postgres, tmp_path: Path) -> None:
+    lines = _readme_block("sql postfix = postgresql://")
+    lines[0] = f"sql postfix = {postgres.url}"
+    (tmp_path / "policy.conf").write_text("\n".join([*lines, "recipient_delimiter = +"]) + "\n")
+    directory = Engine(load(tmp_path)).plan.directory
+
+    def resolve(address: str) -> Any:
+        return directory.resolve(address, parse_path(address, null_ok=False), {},
+                                 recipient=True)
+
+    alice, nobody = resolve("alice+x@example.com"), resolve("nobody@example.com")
+    assert alice.account is not None and alice.account.address == "alice@example.com"
+    assert nobody.domain is not None and nobody.account is None and nobody.alias is None
+    assert resolve("x@catchall.example").catchall
+    assert resolve("abuse@example.com").alias == "postmaster@example.com"
+    assert resolve("a@backup.example.org").domain.kind.value == "relay"
+    assert resolve("a@elsewhere.example").domain is None
