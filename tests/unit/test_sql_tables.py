@@ -25,6 +25,7 @@ from policy_milter.rules import lint
 from policy_milter.rules.policy import Policy, load
 from policy_milter.rules.source import RuleErrors
 from policy_milter.services import Services
+from policy_milter.services.health import unreachable
 from policy_milter.services.sql import Connection, SqlTable, parse_query
 from policy_milter.rules.tables import parse_row
 from tests.conftest import REPO
@@ -323,3 +324,23 @@ def test_the_readme_postfixadmin_queries_read_a_postfixadmin_database(
     assert resolve("abuse@example.com").alias == "postmaster@example.com"
     assert resolve("a@backup.example.org").domain.kind.value == "relay"
     assert resolve("a@elsewhere.example").domain is None
+
+
+def test_run_names_a_database_that_does_not_answer_at_start(tmp_path: Path) -> None:
+    rules = sql_rules(tmp_path / "rules", f"sqlite:{tmp_path}/missing.db")
+    policy = load(rules)
+    found = unreachable(policy, Engine(policy).plan.live)
+    assert [(u.service, u.address) for u in found] == [("sql", f"sqlite:{tmp_path}/missing.db")]
+    assert "unable to open" in found[0].reason
+
+
+def test_a_reload_keeps_the_connection_and_empties_the_cache(urls: dict[str, str],
+                                                              tmp_path: Path) -> None:
+    rules = sql_rules(tmp_path / "rules", urls["sqlite"])
+    engine = Engine(load(rules))
+    before = engine.plan.live.tables["accounts"]
+    assert _rcpt(engine, "alice@example.com").action is Action.CONTINUE
+    engine.reload(load(rules))
+    after = engine.plan.live.tables["accounts"]
+    assert after.connection is before.connection and after is not before
+    assert after.lookups == 0
