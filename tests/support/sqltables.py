@@ -10,7 +10,6 @@ a table from SQL cannot tell (README, "Tables from SQL"), so such a domain gets 
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,8 +120,3 @@ def sql_rules(dest: Path, url: str, name: str = "mail", **settings: str) -> Path
     conf.write_text(f"sql {name} = {url}\n" + conf.read_text())
     return rules
 
-
-def flat_keys() -> set[str]:
-    """Every key the fixture tables hold (what a cached run looks up)."""
-    return {_key(k) for t in ("domains", "accounts", "aliases", "lists", "relay_recipients")
-            for k, _ in _lines(t) if not re.search(r"[*?\[]", k)}
