@@ -36,12 +36,14 @@ from .patterns import contains
 from .rules.policy import Policy
 from .services import DependencyError, Services
 from .services.factory import Live, build
+from .services.sql import TableError
 from .stages import Stage
 from .transcript import Transcript
 
 F = TypeVar("F", bound=Callable[..., Any])
 UNCHECKED_HEADER = "X-Policy-Unchecked"  # what could not be checked, and why
 _MAX_UNCHECKED = 900  # characters of that header's value
+TABLES = "tables"  # the check the log names when a table from SQL cannot be read
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ class Plan:
         noreply = {Stage.CONNECT, Stage.HEADER, Stage.BODY}
         if not checks[Stage.HELO]:
             noreply.add(Stage.HELO)
-        return cls(policy, live, Directory(policy.tables, settings.recipient_delimiter),
+        return cls(policy, live, Directory(policy.tables, settings.recipient_delimiter,
+                                           live.tables),
                    {s: tuple(c) for s, c in checks.items()},
                    Needs(frozenset(callbacks), frozenset(noreply), frozenset(needs & ACTIONS)),
                    keeps_message, {s: tuple(p) for s, p in prefetch.items()}, tuple(after))
@@ -319,6 +322,15 @@ class Session:
         return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=where[setting],
                         check=check.name, detail=f"{err.service} failed: {err}")
 
+    def _unreadable(self, err: TableError) -> Decision:
+        """A table that cannot be read leaves nothing to judge the address by: accepting
+        could relay or take mail for no one, refusing would bounce real mail, so it is a
+        tempfail whatever failure_action says (as Postfix defers on a lookup error)."""
+        self.log.dependency_failure(TABLES, err.service, self.conn, self.txn, str(err),
+                                    "tempfail", err.where)
+        return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=err.where,
+                        check=TABLES, detail=f"{err.service} failed: {err}")
+
     def _not_checked(self, check: Check, cause: str) -> Decision | None:
         reject = self.policy.settings.unscannable_action
         rule = self.policy.where["unscannable_action"]
@@ -376,8 +388,11 @@ class Session:
             return self._stopped(Stage.MAIL, parsed, started)
         address, parsed_params, declared = parsed
         directory = self.plan.directory
-        sender = directory.resolve(arg, address, parsed_params, recipient=False)
-        account, account_domain = directory.sending(auth_login, sender)
+        try:
+            sender = directory.resolve(arg, address, parsed_params, recipient=False)
+            account, account_domain = directory.sending(auth_login, sender)
+        except TableError as err:
+            return self._stopped(Stage.MAIL, self._unreadable(err), started)
         self.txn = Transaction(sender, declared, queue_id, account, account_domain)
         self._prefetch(Stage.MAIL)
         ctx = self._context()
@@ -399,7 +414,10 @@ class Session:
         parsed = protocol.parse_command(arg, params, mail=False)
         if isinstance(parsed, Decision):
             return self._stopped(Stage.RCPT, parsed, started)
-        rcpt = self.plan.directory.resolve(arg, parsed[0], parsed[1], recipient=True)
+        try:
+            rcpt = self.plan.directory.resolve(arg, parsed[0], parsed[1], recipient=True)
+        except TableError as err:
+            return self._stopped(Stage.RCPT, self._unreadable(err), started)
         ctx = self._context(txn.bypass, rcpt=rcpt)
         decision = self._run(Stage.RCPT, ctx, started)
         if decision.action is Action.DISCARD:

@@ -8,18 +8,22 @@ and every domain it routes to.  Nothing below this module parses an address agai
 looks one up in a table, so no check can see another form of the same mailbox.
 
 Table keys are tried in Postfix's access(5) order: the address with its extension,
-then without it (then, where a table has them, ``@domain`` entries).
+then without it (then, where a table has them, ``@domain`` entries).  A table from SQL
+is asked the same keys in the same order (a domain: its name, then ``.PARENT`` for each
+parent), and its rows read as the flat file's lines: the answers are the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .addresses import Address, AddressError, normalize_domain
+from .patterns import parents
 from .rules.tables import Account, Domain, DomainKind, MailingList, Tables
+from .services.sql import SqlTable
 
 T = TypeVar("T")
 
@@ -125,11 +129,14 @@ def _first(table: Mapping[str, T], keys: tuple[str, ...]) -> T | None:
 
 
 class Directory:
-    """Resolves envelope addresses against one policy's tables and recipient delimiter."""
+    """Resolves envelope addresses against one policy's tables (those from SQL through
+    ``sql``: TableError when one cannot be read) and recipient delimiter."""
 
-    def __init__(self, tables: Tables, delimiters: str) -> None:
+    def __init__(self, tables: Tables, delimiters: str,
+                 sql: Mapping[str, SqlTable] | None = None) -> None:
         self.tables = tables
         self.delimiters = delimiters
+        self.sql = sql or {}
 
     def resolve(self, given: str, parsed: Address, params: Mapping[str, str | None],
                 *, recipient: bool) -> Resolved:
@@ -139,29 +146,59 @@ class Directory:
         t = self.tables
         address = parsed.split(self.delimiters)
         keys = _keys(address)
-        domain = None if address.is_literal else t.canonical_domain(address.domain)
-        routes = tuple(Hop(name, t.canonical_domain(name)) for name in address.route_domains) \
+        domain = None if address.is_literal else self.domain(address.domain)
+        routes = tuple(Hop(name, self.domain(name)) for name in address.route_domains) \
             if address.route_domains else ()
-        account = _first(t.accounts, keys)
+        account = self._first("accounts", keys)
         if not recipient:
             return Resolved(given, address, params, domain, account, routes)
         relay_listed = True
-        if domain is not None and domain.kind is DomainKind.RELAY \
-                and address.domain in t.relay_domains_listed \
-                and address.domain not in t.relay_catchall:
-            relay_listed = any(k in t.relay_recipients for k in keys)
+        if domain is not None and domain.kind is DomainKind.RELAY:
+            relay_listed = self._relay_listed(address.domain, keys)
+        catchall = self.sql["aliases"].get(f"@{address.domain}") is not None \
+            if "aliases" in self.sql else address.domain in t.catchall
         return Resolved(given, address, params, domain, account, routes,
-                        _first(t.aliases, keys), _first(t.lists, keys),
-                        address.domain in t.catchall, relay_listed)
+                        self._first("aliases", keys), self._first("lists", keys),
+                        catchall, relay_listed)
+
+    def domain(self, name: str) -> Domain | None:
+        """The domains-table entry of a canonical domain name: the name itself, then
+        ``.PARENT`` entries (which cover the subdomains)."""
+        table = self.sql.get("domains")
+        if table is None:
+            return self.tables.canonical_domain(name)
+        if not name:
+            return None
+        found: Domain | None = table.first((name, *(f".{p}" for p in parents(name))))
+        return found
+
+    def _first(self, name: str, keys: tuple[str, ...]) -> Any:
+        table = self.sql.get(name)
+        return table.first(keys) if table is not None else _first(getattr(self.tables, name),
+                                                                   keys)
+
+    def _relay_listed(self, domain: str, keys: Iterable[str]) -> bool:
+        """A relay domain's recipient is accepted when relay_recipients has it or its
+        ``@domain``; in a file, a domain with no line there accepts everyone (from SQL,
+        which cannot tell, every relay domain needs its rows)."""
+        table = self.sql.get("relay_recipients")
+        if table is not None:
+            return table.first((*keys, f"@{domain}")) is not None
+        t = self.tables
+        if domain not in t.relay_domains_listed or domain in t.relay_catchall:
+            return True
+        return any(k in t.relay_recipients for k in keys)
 
     def sending(self, login: str, sender: Resolved) -> tuple[Account | None, Domain | None]:
         """Who sends: the logged-in account (else the sender address's), and for a login
         the domain whose period limits apply when the account has none."""
         if not login:
             return sender.account, None
-        account = self.tables.account_for_login(login)
+        table = self.sql.get("accounts")
+        account: Account | None = table.by_login(login.lower()) if table is not None \
+            else self.tables.account_for_login(login)
         name = (account.address if account else login).rpartition("@")[2]
         try:
-            return account, self.tables.canonical_domain(normalize_domain(name)) if name else None
+            return account, self.domain(normalize_domain(name)) if name else None
         except AddressError:
             return account, None

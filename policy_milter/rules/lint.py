@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..patterns import AddressPatterns, IPNetwork, NetworkPatterns, PatternSet
+from ..services.sql import Connection, Database, TableError
 from .policy import Policy
 from .rulelist import FIELDS, Condition, Rule
 from .tables import Domain, DomainKind
@@ -50,6 +51,10 @@ PUBLIC_RESOLVERS = frozenset(ip_address(a) for a in (
 SERVER_LIMITS = (("max_recipients", "max_recipients"), ("max_size", "max_message_size"),
                  ("max_receive_size", "max_message_size"))
 _UNITS = (("G", 1024**3), ("M", 1024**2), ("K", 1024))
+# What a table from SQL is asked when it is checked: keys no site has.
+PROBE_KEYS = {"domains": "policy-milter.invalid", "accounts": "probe@policy-milter.invalid",
+              "aliases": "probe@policy-milter.invalid", "lists": "probe@policy-milter.invalid",
+              "relay_recipients": "probe@policy-milter.invalid"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def position(finding: Finding) -> tuple[str, int]:
 def check(policy: Policy) -> list[Finding]:
     """Every finding about a loaded policy, in file and line order."""
     found = [*_domains_without_mailboxes(policy), *_limits(policy), *_settings(policy),
-             *_host_bits(policy), *_public_lists(policy)]
+             *_host_bits(policy), *_public_lists(policy), *_sql_tables(policy)]
     for rule_list in policy.rule_lists:
         for _, index in rule_list.stages():
             found += _walk(policy, index.rules)
@@ -96,8 +101,11 @@ def setting_at(policy: Policy, name: str) -> str:
 
 def _domains_without_mailboxes(policy: Policy) -> Iterator[Finding]:
     """A local domain refuses every address no account, alias or list names (and a list
-    domain every address that is not a list): with none of them, every recipient."""
+    domain every address that is not a list): with none of them, every recipient.
+    Mailboxes from SQL are known only when asked for: then nothing is said."""
     t = policy.tables
+    if t.from_sql("accounts", "aliases", "lists"):
+        return
 
     def domains(addresses: Iterable[str]) -> set[Domain | None]:
         return {t.canonical_domain(a.rpartition("@")[2]) for a in addresses if a}
@@ -179,6 +187,36 @@ def _metrics(policy: Policy) -> Iterator[Finding]:
         yield Finding(at, f"metrics = {address.spec} answers every host that reaches it, "
                       "with counts of your mail by rule and reply; serve them on "
                       "loopback (inet:PORT) unless a firewall keeps others out")
+
+
+def _sql_tables(policy: Policy) -> Iterator[Finding]:
+    """Each table from SQL asked once, for a key no site has: a query the database
+    refuses would tempfail every message (an error); a database that does not answer
+    from here may from the milter's host, or later (a warning)."""
+    tables = policy.tables.sql
+    connections = {db: Connection(db, policy.settings.sql_timeout)
+                   for db in {spec.database for spec in tables.values()}}
+    away: set[Database] = set()
+    try:
+        for name, spec in tables.items():
+            for query in filter(None, (spec.query, spec.login_query)):
+                if spec.database in away:
+                    break
+                try:
+                    connections[spec.database].rows(query, PROBE_KEYS[name])
+                except TableError as err:
+                    if err.bad_query:
+                        yield Finding(query.where, f"{name}: the database refuses the "
+                                      f"query: {err.message}", fatal=True)
+                    else:
+                        yield Finding(spec.database.where, f"database {spec.database.name} "
+                                      f"({spec.database.shown}) does not answer: "
+                                      f"{err.message}; until it does, every address its "
+                                      "tables decide gets a tempfail (state_tempfail)")
+                        away.add(spec.database)
+    finally:
+        for connection in connections.values():
+            connection.close()
 
 
 def _host_bits(policy: Policy) -> Iterator[Finding]:
@@ -293,6 +331,9 @@ def _relay_first(policy: Policy, rule: Rule) -> str:
 
 
 def _ours(policy: Policy, domain: str) -> bool:
+    """Whether mail for the domain is handled here (domains from SQL: assumed)."""
+    if policy.tables.from_sql("domains"):
+        return True
     entry = policy.tables.canonical_domain(domain)
     return entry is not None and entry.kind is not DomainKind.REMOTE
 

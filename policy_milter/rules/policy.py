@@ -18,6 +18,8 @@ from ..checks.order import SKIPPABLE, skippable_after
 from ..content import ContentPatterns
 from ..content import Limits as ContentLimits
 from ..services.dns import DnsConfig
+from ..services.sql import (LOGIN_QUERY, SQL_TABLES, Database, Query, TableSpec,
+                            parse_database, parse_query)
 from ..stages import Stage
 from .rulelist import RuleIndex, RuleList, RuleListParser
 from .settings import NAMES as SETTING_NAMES
@@ -31,6 +33,8 @@ MAIN_FILE = "policy.conf"
 TABLE_FILES = ("domains", "accounts", "aliases", "lists", "relay_recipients", "listeners",
                "dnsbl")
 RULE_FILES = {"access": "access_denied", "filters": "filter_rejected"}
+# A table from SQL (``accounts = sql:NAME``) takes its query from ``accounts_query``.
+QUERIES = (*(f"{table}_query" for table in SQL_TABLES), LOGIN_QUERY)
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,14 @@ class Policy:
     def summary(self) -> list[str]:
         """What ``policy-milter check`` prints: one line per part of the policy."""
         t, s = self.tables, self.settings
+        counts = (("domains", len(t.domain_list)), ("accounts", len(t.accounts)),
+                  ("aliases", len(t.aliases) + len(t.catchall)), ("lists", len(t.lists)),
+                  ("relay_recipients", len(t.relay_recipients) + len(t.relay_catchall)),
+                  ("listeners", len(t.listeners)))
         lines = [f"rules: {self.source} ({len(self.files)} files, hash {self.digest})",
-                 f"domains: {len(t.domain_list)}, accounts: {len(t.accounts)}, "
-                 f"aliases: {len(t.aliases) + len(t.catchall)}, lists: {len(t.lists)}, "
-                 f"relay recipients: {len(t.relay_recipients) + len(t.relay_catchall)}, "
-                 f"listeners: {len(t.listeners)}"]
+                 ", ".join(f"{table.replace('_', ' ')}: "
+                           f"{t.sql[table].database.service if table in t.sql else count}"
+                           for table, count in counts)]
         for rl in self.rule_lists:
             lines.append(f"{rl.name}: {len(rl.mail.rules)} rules at MAIL, "
                          f"{len(rl.rcpt.rules)} at RCPT, {len(rl.eom.rules)} at end of message")
@@ -97,6 +104,7 @@ class _Loader:
         self.errors = Errors()
         self.raw: dict[str, tuple[str, Line]] = {}
         self.files: list[str] = []
+        self.databases: dict[str, Database] = {}
 
     def read_main(self, path: Path, seen: tuple[Path, ...]) -> None:
         self.files.append(str(path))
@@ -107,17 +115,75 @@ class _Loader:
                 continue
             name, eq, value = line.text.partition("=")
             name = name.strip()
-            if not eq or not name.isidentifier():
+            if eq and name.split()[0] == "sql":
+                self.database(line, path, name.split()[1:], value.strip())
+            elif not eq or not name.isidentifier():
                 self.errors.add(line.where, "expected 'name = value' or 'include FILE'")
             elif name not in SETTING_NAMES and name not in TABLE_FILES \
-                    and name not in RULE_FILES:
-                known = (*SETTING_NAMES, *TABLE_FILES, *RULE_FILES)
+                    and name not in RULE_FILES and name not in QUERIES:
+                known = (*SETTING_NAMES, *TABLE_FILES, *RULE_FILES, *QUERIES)
                 self.errors.add(line.where,
                                 f"unknown setting '{name}'{did_you_mean(name, known)}")
             elif name in self.raw:
                 self.errors.add(line.where, f"'{name}' is already set at {self.raw[name][1].where}")
             else:
                 self.raw[name] = (value.strip(), line)
+
+    def database(self, line: Line, path: Path, names: list[str], url: str) -> None:
+        """``sql NAME = URL``: a database that tables may name as ``sql:NAME``."""
+        if len(names) != 1:
+            self.errors.add(line.where, "expected 'sql NAME = URL'")
+        elif names[0] in self.databases:
+            self.errors.add(line.where, f"database '{names[0]}' is already defined at "
+                            f"{self.databases[names[0]].where}")
+        else:
+            try:
+                self.databases[names[0]] = parse_database(names[0], url, line.where,
+                                                          path.parent)
+            except ValueError as err:
+                self.errors.add(line.where, f"sql {names[0]}: {err}")
+
+    def sql_tables(self) -> dict[str, TableSpec]:
+        """The tables set to ``sql:NAME``, with their queries; a query for a table that
+        is not from SQL is a mistake too."""
+        specs: dict[str, TableSpec] = {}
+        for table in TABLE_FILES:
+            text, line = self.raw.get(table, ("", None))
+            if line is None or not text.startswith("sql:"):
+                continue
+            name, query = text.removeprefix("sql:"), f"{table}_query"
+            if table not in SQL_TABLES:
+                self.errors.add(line.where, f"{table} is read from a file only; tables from "
+                                f"SQL: {', '.join(SQL_TABLES)}")
+            elif name not in self.databases:
+                self.errors.add(line.where, f"{table} = {text}: no 'sql {name} = URL' line "
+                                f"defines it{did_you_mean(name, self.databases)}")
+            elif query not in self.raw:
+                self.errors.add(line.where, f"{table} = {text} needs {query} = SELECT ... "
+                                "WHERE ... = %s (the key is %s)")
+            elif (parsed := self.query(query)) is not None:
+                login = self.query(LOGIN_QUERY) if table == "accounts" else None
+                specs[table] = TableSpec(table, self.databases[name], parsed, line.where, login)
+        for query in QUERIES:
+            table = "accounts" if query == LOGIN_QUERY else query.removesuffix("_query")
+            if query in self.raw and table not in specs and table in self.raw \
+                    and not self.raw[table][0].startswith("sql:"):
+                self.errors.add(self.raw[query][1].where, f"{query} is set, but {table} is "
+                                f"not from SQL: write {table} = sql:NAME, or remove the query")
+            elif query in self.raw and table not in self.raw:
+                self.errors.add(self.raw[query][1].where, f"{query} is set, but {table} is "
+                                f"not: write {table} = sql:NAME, or remove the query")
+        return specs
+
+    def query(self, name: str) -> Query | None:
+        if name not in self.raw:
+            return None
+        text, line = self.raw[name]
+        try:
+            return parse_query(text, line.where)
+        except ValueError as err:
+            self.errors.add(line.where, f"{name}: {err}")
+            return None
 
     def include(self, line: Line, current: Path, args: list[str], seen: tuple[Path, ...]) -> None:
         if len(args) != 1:
@@ -140,7 +206,7 @@ class _Loader:
         return parse_settings(raw, self.errors.add)
 
     def file_lines(self, name: str) -> tuple[list[Line], Path] | None:
-        if name not in self.raw or not self.raw[name][0]:
+        if name not in self.raw or not self.raw[name][0] or self.raw[name][0].startswith("sql:"):
             return None
         text, line = self.raw[name]
         path = Path(line.path).parent / text
@@ -158,7 +224,8 @@ def load(rules_dir: str | Path) -> Policy:
         loader.errors.raise_if_any()
     loader.read_main(main, ())
     settings, where = loader.settings()
-    tables = Tables()
+    tables = Tables(sql=loader.sql_tables())
+    where.update({table: spec.where for table, spec in tables.sql.items()})
     for name in TABLE_FILES:
         got = loader.file_lines(name)
         if got is not None:

@@ -242,6 +242,11 @@ class Settings:
     workers: int = _setting(_workers, "1")
     # Prometheus metrics at http://HOST:PORT/metrics (empty: off; needs prometheus_client).
     metrics: Address | None = _setting(_metrics_address, "")
+    # Tables from SQL (TABLE = sql:NAME): seconds one query may take, connecting included;
+    # how long an answer ("no such row" too) is kept, and how many are kept per table.
+    sql_timeout: float = _setting(_seconds(20), "2")
+    sql_cache_ttl: int = _setting(parse_count, "60")
+    sql_cache_size: int = _setting(_bounded(1, 10_000_000), "10000")
 
     def failure(self, setting: str) -> str:
         """What a dependency failure means for a check governed by ``setting``: its own

@@ -17,6 +17,7 @@ from .. import catalogue
 from ..addresses import AddressError, parse_path
 from ..catalogue import Kind
 from ..patterns import DomainPatterns, PatternError, domain_name, host_bits_set
+from ..services.sql import TableSpec
 from ..stages import Stage
 from .source import Errors, Line, did_you_mean, parse_count, parse_rate, parse_size, unknown_entry
 
@@ -216,6 +217,12 @@ class Tables:
     relay_catchall: set[str] = field(default_factory=set)
     listeners: dict[str, Listener] = field(default_factory=dict)
     zones: list[Zone] = field(default_factory=list)
+    sql: dict[str, TableSpec] = field(default_factory=dict)  # table name -> its query
+
+    def from_sql(self, *names: str) -> bool:
+        """Whether any of these tables comes from SQL: its entries are known only when
+        looked up, so nothing can count or list them."""
+        return any(name in self.sql for name in names)
 
     def domain(self, name: str) -> Domain | None:
         """The entry for a domain written any way (case, U-labels, trailing dot), or None."""
@@ -370,3 +377,32 @@ class Tables:
             errors.add(line.where, str(err))
             return None
         return name
+
+
+@dataclass(frozen=True)
+class Row(Line):
+    """A line an SQL table answered: named by database, table and key, having no line."""
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+
+def parse_row(table: str, key: str, text: str, where: str) -> Any:
+    """The entry a flat file's line ``KEY TEXT`` would give ``table``: what an SQL row
+    reads as (``Directory`` asks for it).  Raises ValueError with every problem."""
+    errors = Errors()
+    t = Tables()
+    getattr(t, f"load_{table}")([Row(where, 0, f"{key} {text}".strip())], errors)
+    if errors.items:
+        raise ValueError("; ".join(item.removeprefix(f"{where}: ") for item in errors.items))
+    match table:
+        case "domains":
+            return t.domain_list[0]
+        case "accounts":
+            return next(iter(t.accounts.values()))
+        case "aliases":
+            return True if t.catchall else next(iter(t.aliases.values()))
+        case "lists":
+            return next(iter(t.lists.values()))
+    return True  # relay_recipients: listed

@@ -9,11 +9,13 @@ that began under the old rules has ended.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..rules.tables import parse_row
 from . import Services
 from .challenges import ChallengeStore, SqliteChallengeStore
 from .clamd import Clamd, VirusScanner
@@ -21,12 +23,13 @@ from .dns import DnsResolver, Resolver
 from .mailer import Mailer, SmtpMailer
 from .spamd import Spamd, SpamScanner
 from .spf import SenderCheck, Spf
+from .sql import Connection, SqlTable
 
 if TYPE_CHECKING:
     from ..rules.policy import Policy
 
 
-Closable = DnsResolver | SqliteChallengeStore
+Closable = DnsResolver | SqliteChallengeStore | Connection
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Live:
     challenges: ChallengeStore | None = None
     mailer: Mailer | None = None
     spf: SenderCheck | None = None  # whether a sender may be challenged
+    tables: Mapping[str, SqlTable] = field(default_factory=dict)  # the tables from SQL
     owned: tuple[Closable, ...] = ()
 
     def close(self, keep: Sequence[Closable] = ()) -> None:
@@ -54,6 +58,8 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
     s = policy.settings
     dns = _resolver(policy, given, previous)
     store = _store(policy, given, previous)
+    tables = _sql_tables(policy, previous)
+    connections = tuple({id(t.connection): t.connection for t in tables.values()}.values())
     return Live(
         dns=dns,
         virus=given.virus or (Clamd(s.clamd, s.clamd_timeout, s.clamd_max_size)
@@ -62,8 +68,9 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
         challenges=store,
         mailer=given.mailer or (smtp_mailer(policy) if s.challenge_store else None),
         spf=given.spf or (Spf(policy.dns_config, s.dns_budget) if s.challenge_store else None),
+        tables=tables,
         owned=tuple(x for x in (dns, store) if isinstance(x, Closable)
-                    and x is not given.dns and x is not given.challenges),
+                    and x is not given.dns and x is not given.challenges) + connections,
     )
 
 
@@ -84,6 +91,22 @@ def _store(policy: Policy, given: Services, previous: Live | None) -> ChallengeS
     if isinstance(old, SqliteChallengeStore) and old.directory == Path(directory):
         return old
     return SqliteChallengeStore(Path(directory))
+
+
+def _sql_tables(policy: Policy, previous: Live | None) -> dict[str, SqlTable]:
+    """A table from SQL for each the policy names.  Connections are kept across reloads
+    while their database and timeout stay; the caches start afresh, so that a reload
+    reads the database again."""
+    s = policy.settings
+    kept = {(c.database, c.timeout): c for c in (previous.owned if previous else ())
+            if isinstance(c, Connection)}
+    tables = {}
+    for name, spec in policy.tables.sql.items():
+        slot = (spec.database, s.sql_timeout)
+        connection = kept.setdefault(slot, Connection(spec.database, s.sql_timeout))
+        tables[name] = SqlTable(spec, connection, functools.partial(parse_row, name),
+                                s.sql_cache_ttl, s.sql_cache_size)
+    return tables
 
 
 def _resolver(policy: Policy, given: Services, previous: Live | None) -> Resolver | None:

@@ -50,12 +50,17 @@ class Daemon(ABC):
     binary = ""
     package = ""
     start_timeout = 30.0
+    stop_signal = signal.SIGTERM  # what makes it stop at once, sessions still open
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = 0
         self.output = workdir / f"{self.binary}.out"  # stdout and stderr
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def _port(self) -> int:
+        """The port to serve on: a free loopback one."""
+        return free_port()
 
     def _configure(self) -> None:
         """Write what the daemon reads, for the port just chosen."""
@@ -73,7 +78,7 @@ class Daemon(ABC):
             raise FileNotFoundError(f"{self.binary} not installed (Debian package {self.package})")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # a new port if another process took ours before the daemon bound it
-            self.port = free_port()
+            self.port = self._port()
             self._configure()
             with open(self.output, "wb") as out:
                 self._proc = subprocess.Popen(self._command(binary), stdin=subprocess.DEVNULL,
@@ -104,7 +109,7 @@ class Daemon(ABC):
             return
         group = self._proc.pid  # start_new_session: the daemon leads its own group
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
+            os.killpg(group, self.stop_signal)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(15)
         with contextlib.suppress(ProcessLookupError):

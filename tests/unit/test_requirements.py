@@ -1,4 +1,4 @@
-"""setup.cfg's dependency floors (and the metrics extra's) are met by the libraries this
+"""setup.cfg's dependency floors (and the metrics and postgresql extras') are met by the libraries this
 interpreter imports.  Run on Debian 12's own packages (scripts/run-tests-debian), this keeps
 them floors Debian meets."""
 
@@ -14,14 +14,16 @@ from packaging.requirements import Requirement
 from tests.conftest import REPO
 
 MODULES = {"pymilter": "Milter", "dnspython": "dns", "cachetools": "cachetools", "idna": "idna",
-           "google-re2": "re2", "pyspf": "spf", "prometheus_client": "prometheus_client"}
+           "google-re2": "re2", "pyspf": "spf", "prometheus_client": "prometheus_client",
+           "psycopg": "psycopg"}
 
 
 def requirements() -> list[Requirement]:
     config = configparser.ConfigParser()
     config.read(REPO / "setup.cfg")
-    lines = (config["options"]["install_requires"]
-             + config["options.extras_require"]["metrics"]).splitlines()
+    extras = config["options.extras_require"]
+    lines = (config["options"]["install_requires"] + extras["metrics"]
+             + extras["postgresql"]).splitlines()
     return [Requirement(line) for line in lines if line.strip()]
 
 

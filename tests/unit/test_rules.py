@@ -506,6 +506,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "spam_failure_action": "", "challenge_store": "", "challenge_address": "",
         "challenge_smtp": ("127.0.0.1", 25), "challenge_expire": 7 * 86400,
         "challenge_limit": (10, 3600), "workers": 1, "metrics": None,
+        "sql_timeout": 2.0, "sql_cache_ttl": 60, "sql_cache_size": 10000,
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
