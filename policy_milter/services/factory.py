@@ -1,5 +1,5 @@
-"""Builds the services a policy names (resolver, scanners, challenge store, mailer) and
-closes them again.
+"""Builds the services a policy names (state store, resolver, scanners, challenge store,
+mailer) and closes them again.
 
 A reload builds a new set next to the old one and keeps what did not change (the
 resolver with its cache while the DNS settings stay, the challenge store while its
@@ -9,24 +9,34 @@ that began under the old rules has ended.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from . import Services
+from . import DependencyError, Services
 from .challenges import ChallengeStore, SqliteChallengeStore
 from .clamd import Clamd, VirusScanner
 from .dns import DnsResolver, Resolver
 from .mailer import Mailer, SmtpMailer
 from .spamd import Spamd, SpamScanner
 from .spf import SenderCheck, Spf
+from .state import RedisServer, StateStore
+from .state.memory import MemoryStore
+from .state.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from ..rules.policy import Policy
 
 
-Closable = DnsResolver | SqliteChallengeStore
+@runtime_checkable
+class Closable(Protocol):
+    def close(self) -> None:
+        """Release connections, threads and files."""
+
+
+STATE_FILE = "state.sqlite3"  # the embedded store's file in systemd's $STATE_DIRECTORY
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class Live:
     challenges: ChallengeStore | None = None
     mailer: Mailer | None = None
     spf: SenderCheck | None = None  # whether a sender may be challenged
+    state: StateStore = field(default_factory=MemoryStore)
+    state_config: tuple[str, ...] = ()  # what the state store was built from
     owned: tuple[Closable, ...] = ()
 
     def close(self, keep: Sequence[Closable] = ()) -> None:
@@ -54,6 +66,9 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
     s = policy.settings
     dns = _resolver(policy, given, previous)
     store = _store(policy, given, previous)
+    config = state_config(policy)
+    state = given.state or (previous.state if previous is not None
+                            and previous.state_config == config else open_state(policy))
     return Live(
         dns=dns,
         virus=given.virus or (Clamd(s.clamd, s.clamd_timeout, s.clamd_max_size)
@@ -62,9 +77,47 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
         challenges=store,
         mailer=given.mailer or (smtp_mailer(policy) if s.challenge_store else None),
         spf=given.spf or (Spf(policy.dns_config, s.dns_budget) if s.challenge_store else None),
-        owned=tuple(x for x in (dns, store) if isinstance(x, Closable)
-                    and x is not given.dns and x is not given.challenges),
+        state=state,
+        state_config=config,
+        owned=tuple(x for x in (dns, store, state) if isinstance(x, Closable)
+                    and all(x is not g for g in (given.dns, given.challenges, given.state))),
     )
+
+
+def state_config(policy: Policy) -> tuple[str, ...]:
+    """The settings a state store is built from: while they stay, a reload keeps it."""
+    s = policy.settings
+    return (s.state, s.state_file, str(s.state_timeout), s.state_prefix, s.state_password_file,
+            os.environ.get("STATE_DIRECTORY", ""))
+
+
+def state_path(policy: Policy) -> Path | None:
+    """The embedded store's file: ``state_file``, else state.sqlite3 in the directory
+    systemd's StateDirectory= gives (the unit's /var/lib/policy-milter), else None:
+    memory only."""
+    if policy.settings.state_file:
+        return Path(policy.settings.state_file)
+    directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(directory) / STATE_FILE if directory else None
+
+
+def open_state(policy: Policy) -> StateStore:
+    """The state store policy.conf names.  A password file that cannot be read is a
+    DependencyError naming the setting (never the password)."""
+    s = policy.settings
+    if s.state == "embedded":
+        path = state_path(policy)
+        return MemoryStore() if path is None else SqliteStore(path, s.state_timeout)
+    from .state.redis import RedisStore  # redis-py is needed only for a Redis store
+
+    password = None
+    if s.state_password_file:
+        try:
+            password = Path(s.state_password_file).read_text().strip()
+        except OSError as err:
+            raise DependencyError("redis", f"{policy.where['state_password_file']}: "
+                                  f"cannot read the password: {err.strerror}") from None
+    return RedisStore(RedisServer.parse(s.state), s.state_prefix, s.state_timeout, password)
 
 
 def smtp_mailer(policy: Policy) -> SmtpMailer:

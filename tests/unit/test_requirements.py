@@ -1,4 +1,4 @@
-"""setup.cfg's dependency floors (and the metrics extra's) are met by the libraries this
+"""setup.cfg's dependency floors (and the metrics and redis extras') are met by the libraries this
 interpreter imports.  Run on Debian 12's own packages (scripts/run-tests-debian), this keeps
 them floors Debian meets."""
 
@@ -14,14 +14,16 @@ from packaging.requirements import Requirement
 from tests.conftest import REPO
 
 MODULES = {"pymilter": "Milter", "dnspython": "dns", "cachetools": "cachetools", "idna": "idna",
-           "google-re2": "re2", "pyspf": "spf", "prometheus_client": "prometheus_client"}
+           "google-re2": "re2", "pyspf": "spf", "prometheus_client": "prometheus_client",
+           "redis": "redis"}
 
 
 def requirements() -> list[Requirement]:
     config = configparser.ConfigParser()
     config.read(REPO / "setup.cfg")
     lines = (config["options"]["install_requires"]
-             + config["options.extras_require"]["metrics"]).splitlines()
+             + config["options.extras_require"]["metrics"]
+             + config["options.extras_require"]["redis"]).splitlines()
     return [Requirement(line) for line in lines if line.strip()]
 
 

@@ -506,6 +506,11 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "spam_failure_action": "", "challenge_store": "", "challenge_address": "",
         "challenge_smtp": ("127.0.0.1", 25), "challenge_expire": 7 * 86400,
         "challenge_limit": (10, 3600), "metrics": None,
+        "state": "embedded", "state_file": "", "state_timeout": 1.0,
+        "state_prefix": "policy-milter:", "state_password_file": "",
+        "greylist": False, "greylist_delay": 300, "greylist_retry_window": 2 * 86400,
+        "greylist_expire": 35 * 86400, "greylist_auto_allow": 5, "greylist_ipv4_prefix": 24,
+        "greylist_ipv6_prefix": 64,
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
