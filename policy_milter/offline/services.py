@@ -137,6 +137,8 @@ def offline(policy: Policy, dns: str, scanners: bool) -> Offline:
         notes.append(f"DNS: canned answers from {dns.removeprefix('stub=')}")
     if not scanners:
         leave_out |= _enabled(policy, SCANNERS, notes, "--scanners off")
+    leave_out |= _enabled(policy, frozenset({"greylist"}), notes,
+                          "it depends on the retries the state store has seen")
     store = DryRunStore(_real_store(policy, notes))
     mailer = NotedMailer()
     notes.append("rate counters start at zero; nothing is held, sent or counted")
