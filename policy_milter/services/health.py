@@ -31,7 +31,7 @@ TIMEOUT = 3.0  # seconds a probe may take at most (less if the service's timeout
 
 @dataclass(frozen=True)
 class Unreachable:
-    service: str  # clamd, spamd, dns, smtp
+    service: str  # clamd, spamd, dns, smtp, redis
     address: str
     reason: str
 
@@ -57,6 +57,8 @@ def unreachable(policy: Policy, live: Live, timeout: float = TIMEOUT) -> list[Un
         host, port = live.mailer.host, live.mailer.port
         probes.append(("smtp", f"{host}:{port}", _tcp(host, port, min(timeout,
                                                                        live.mailer.timeout))))
+    if live.state.name == "redis":
+        probes.append(("redis", live.state.address, live.state.problem))
     if not probes:
         return []
     with ThreadPoolExecutor(len(probes), thread_name_prefix="probe") as pool:

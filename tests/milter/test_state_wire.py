@@ -72,3 +72,13 @@ def test_the_embedded_store_keeps_counts_across_a_restart(
     assert milter.stop() == 0
     again = fresh_milter(rules)
     assert_reply(send_as_dora(again), "account_limits")
+
+
+def test_a_redis_away_at_start_is_named_and_the_milter_serves(
+        fresh_milter: Callable[..., MilterProcess], make_rules: Callable[..., Path],
+        redis_server: RedisServer) -> None:
+    redis_server.pause()
+    milter = fresh_milter(make_rules(state=redis_server.url, state_timeout="0.5"))
+    line = milter.wait_for_log("service=redis", event="unreachable")
+    assert f"address=\"127.0.0.1:{redis_server.port} db 0\"" in line
+    assert_reply(send_as_dora(milter), "state_tempfail")

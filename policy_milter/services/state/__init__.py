@@ -30,6 +30,10 @@ class Entry(NamedTuple):
 
 class StateStore(Protocol):
     name: str  # for the log: "state-memory", "state-sqlite", "redis"
+    address: str  # where it is: "memory", the file, the server
+
+    def problem(self) -> str:
+        """Why the store cannot answer now ('' when it can): the probe at start."""
 
     def total(self, key: str, window: float) -> int:
         """How much was recorded under ``key`` in the last ``window`` seconds."""

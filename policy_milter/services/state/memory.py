@@ -16,6 +16,7 @@ class MemoryStore:
     threads.  ``clock`` is wall-clock time, as the stores that persist use."""
 
     name = "state-memory"
+    address = "memory"
 
     def __init__(self, clock: Callable[[], float] = time.time, horizon: int = MAX_PERIOD) -> None:
         self._clock = clock
@@ -72,6 +73,9 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def problem(self) -> str:
+        return ""
 
     def _expiry(self, ttl: float) -> float:
         return self._clock() + ttl if ttl else FOREVER

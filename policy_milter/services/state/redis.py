@@ -54,6 +54,7 @@ class RedisStore:
                  password: str | None = None, clock: Callable[[], float] = time.time,
                  horizon: int = MAX_PERIOD) -> None:
         self.server = server
+        self.address = str(server)
         self.prefix = prefix
         self._clock = clock
         self._horizon = horizon
@@ -115,6 +116,13 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+
+    def problem(self) -> str:
+        try:
+            self._redis.ping()
+        except redis.RedisError as err:
+            return f"{type(err).__name__}: {err}"
+        return ""
 
     def _call(self, doing: str, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One command; a failure (or one less than FAST_FAIL ago) is a DependencyError."""

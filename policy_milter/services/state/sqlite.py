@@ -43,6 +43,7 @@ class SqliteStore:
     def __init__(self, path: Path, timeout: float = 1.0, clock: Callable[[], float] = time.time,
                  horizon: int = MAX_PERIOD) -> None:
         self.path = path
+        self.address = str(path)
         self._timeout = timeout
         self._clock = clock
         self._horizon = horizon
@@ -77,6 +78,9 @@ class SqliteStore:
             if self._db is not None and self._pid == os.getpid():
                 self._db.close()
             self._db = None
+
+    def problem(self) -> str:
+        return ""  # it opened, or the milter did not start
 
     def total(self, key: str, window: float) -> int:
         now = self._clock()
