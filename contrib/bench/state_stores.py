@@ -3,13 +3,15 @@ embedded SQLite file and on Redis, as ratios to the in-memory store, in one run.
 
     .venv/bin/python contrib/bench/state_stores.py [--sessions 2000] [--repeats 5]
 
-The engine alone (no milter protocol) on the fixture rules plus an account with period
-limits it never reaches: each session logs in, sends MAIL FROM and two RCPT TO, and is
-accepted at end of message, so the limits check reads two counters at each RCPT and
-two records are added after the message.  A second workload turns greylisting on and
-sends from clients whose triplets have passed (the common case on a busy MX: a read, a
-write and a count per recipient).  Stores: memory (this process), SQLite (a file in a
-temporary directory) and a private redis-server on a loopback port, started here.
+The engine alone (no milter protocol) on the fixture rules plus a hundred accounts with
+period limits they never reach, taking turns (a window's cost grows with the records in
+it, one per message; a hundred an hour is a busy account): each session logs in, sends
+MAIL FROM and two RCPT TO, and is accepted at end of message, so the limits check reads
+two counters at each RCPT and two records are added after the message.  A second
+workload turns greylisting on and sends from clients whose triplets have passed (the
+common case on a busy MX: two reads and a write per recipient).  Stores: memory (this
+process), SQLite (a file in a temporary directory) and a private redis-server on a
+loopback port, started here.
 Reported: microseconds per session, best of the interleaved repeats, and each store's
 ratio to memory.
 """
@@ -45,24 +47,25 @@ from tests.support.redis import RedisServer  # noqa: E402
 
 STORES = ("memory", "sqlite", "redis")
 WORKLOADS = ("limits", "greylist")
+ACCOUNTS = 100  # sessions take turns: each account's window holds a hundred records at most
 
 
 def rules(work: Path, workload: str) -> Path:
     settings = {"greylist": "yes", "greylist_auto_allow": "0"} if workload == "greylist" else {}
     path = copy_rules(work / f"rules-{workload}", **settings)
     with open(path / "accounts", "a") as accounts:
-        accounts.write("bench@quota.example  login=bench  limit_messages=1000000/1h "
-                       "limit_recipients=1000000/1h\n")
+        accounts.writelines(f"bench{i}@quota.example  login=bench{i}  limit_messages=1000000/1h "
+                            "limit_recipients=1000000/1h\n" for i in range(ACCOUNTS))
     return path
 
 
 def session(engine: Engine, i: int, workload: str) -> None:
     s = engine.session()
-    login = "bench" if workload == "limits" else ""
+    login = f"bench{i % ACCOUNTS}" if workload == "limits" else ""
     s.connect(f"198.51.100.{i % 50 + 1}" if workload == "greylist" else "192.0.2.9",
               "mx.sender.example", "smtpd")
     s.helo("mx.sender.example", False)
-    s.mail(f"<{'bench@quota.example' if login else f'user{i % 50}@sender.example'}>", [],
+    s.mail(f"<{login}@quota.example>" if login else f"<user{i % 50}@sender.example>", [],
            login, "")
     for rcpt in ("<postmaster@example.com>", "<abuse@example.com>"):
         assert s.rcpt(rcpt, [], "").action.value == "continue"
