@@ -123,6 +123,8 @@ _ROWS = (
     _entry("internal_tempfail", None, "451", "4.3.0", "Internal error, try again later"),
     _entry("shutdown_tempfail", None, "451", "4.3.2", "Service shutting down, try again later",
            S.CONNECT),
+    # Greylisting: a first-seen (client network, sender, recipient) is asked to retry.
+    _entry("greylisted", None, "451", "4.7.1", "Greylisted, try again later", S.RCPT),
 )
 
 ENTRIES: dict[str, Entry] = {e.name: e for e in _ROWS}

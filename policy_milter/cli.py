@@ -1,5 +1,5 @@
 """Command line: ``policy-milter run | check | test | ping | explain | replay | report |
-challenges | init | catalogue | checks``.
+challenges | greylist | init | catalogue | checks``.
 
 Exit codes: 0 success (for ``check``: no problem, or warnings only); 1 the rules have errors
 (each printed as path:line: message), or ``check`` found a Postfix setting that makes every
@@ -24,7 +24,7 @@ import time
 import typing
 from pathlib import Path
 
-from . import __version__, catalogue, listen, postconf, sample
+from . import __version__, catalogue, greylist, listen, postconf, sample
 from .checks import challenge, order
 from .engine import Engine
 from .log import DecisionLog, LogTargetError, configure, log_target
@@ -105,6 +105,10 @@ def parser() -> argparse.ArgumentParser:
     held.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
     held.add_argument("action", choices=["list", "release", "drop", "expire"])
     held.add_argument("id", nargs="?", help="the held message (release, drop)")
+    grey = sub.add_parser("greylist", help="list the greylist, allow or drop a client")
+    grey.add_argument("--rules", default=DEFAULT_RULES, help=rules_help)
+    grey.add_argument("action", choices=["list", "allow", "drop"])
+    grey.add_argument("client", nargs="?", help="an address or network (allow, drop)")
     report = sub.add_parser("report", help="summarise decision logs (text, JSON or HTML)")
     report.add_argument("logs", nargs="*", default=["-"], metavar="LOG",
                         help="log files, as the milter or syslog wrote them (default: stdin)")
@@ -206,6 +210,11 @@ def challenges(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_RUNTIME
     return 0
+
+
+def greylist_command(args: argparse.Namespace) -> int:
+    policy = _load(args.rules)
+    return EXIT_RULES if policy is None else greylist.admin(policy, args.action, args.client)
 
 
 def report(args: argparse.Namespace) -> int:
@@ -311,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "checks":
         print(order.markdown())
         return 0
-    handlers = {"check": check, "challenges": challenges, "report": report, "run": run,
+    handlers = {"check": check, "challenges": challenges, "greylist": greylist_command,
+                "report": report, "run": run,
                 "test": commands.run_test, "ping": commands.run_ping,
                 "replay": commands.run_replay, "explain": commands.run_explain,
                 "init": sample.init}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from policy_milter.engine import Engine, Session
 from policy_milter.rules.policy import Policy, load
 from policy_milter.services import Services
+from tests.support.redis import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_RULES = REPO / "tests" / "fixtures" / "rules"
@@ -54,3 +55,10 @@ def session(engine: Engine) -> Session:
     s.connect("192.0.2.10", "mx.sender.example", "smtpd")
     s.helo("mx.sender.example", False)
     return s
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server on a loopback port (it starts in milliseconds)."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server

@@ -22,6 +22,7 @@ from ..services.dns import key as dns_key
 from ..services.factory import Live
 from ..services.mailer import Mailer
 from ..services.spamd import SpamScanner
+from ..services.state import StateStore
 from ..stages import Stage
 
 if TYPE_CHECKING:  # the rules loader imports the check order: no import cycle
@@ -66,6 +67,10 @@ class Context:
     @property
     def challenges(self) -> ChallengeStore | None:
         return self.live.challenges
+
+    @property
+    def state(self) -> StateStore:
+        return self.live.state
 
     @property
     def mailer(self) -> Mailer | None:

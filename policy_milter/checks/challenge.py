@@ -129,7 +129,7 @@ def _withheld(ctx: Context, store: ChallengeStore) -> str:
     count, window = settings.challenge_limit
     keys = (f"challenge:client:{conn.client_addr}",
             f"challenge:domain:{txn.sender.address.domain}")
-    rates = ctx.services.rates
+    rates = ctx.state
     if any(rates.total(key, window) >= count for key in keys):
         return f"challenge_limit ({count} per {window} s) reached for this client or domain"
     for key in keys:

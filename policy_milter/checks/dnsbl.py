@@ -111,7 +111,8 @@ def check(ctx: Context) -> Decision | None:
                 hits.append((zone, name, listed))
     allow = next((h for h in hits if h[0].allow), None)
     if allow is not None:
-        return Decision(Action.PERMIT, rule=allow[0].where, check=CHECK, skip=frozenset({CHECK}),
+        return Decision(Action.PERMIT, rule=allow[0].where, check=CHECK,
+                        skip=frozenset({CHECK, "greylist"}),
                         detail=f"{allow[1]} listed in white list {allow[0].zone}")
     blocks = [h for h in hits if not h[0].allow]
     score = sum(z.weight for z, _, _ in blocks if not z.monitor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..decision import Decision
 from ..rules.tables import Limits
+from ..services.errors import DependencyError
 from .base import Context, reject, sender_limit
 
 CHECK = "limits"
@@ -37,7 +38,7 @@ def account_rate(ctx: Context) -> Decision | None:
     if owner is None:
         return None
     key, limits, where = owner
-    rates = ctx.services.rates
+    rates = ctx.state
     assert ctx.txn is not None
     if limits.limit_messages:
         count, window = limits.limit_messages
@@ -51,8 +52,14 @@ def account_rate(ctx: Context) -> Decision | None:
 
 
 def record_sent(ctx: Context) -> None:
-    """After an accepted message: count it against its sender's period limits."""
+    """After an accepted message: count it against its sender's period limits.  The
+    message passed the check already: a store that fails now loses the count, logged."""
     owner = _rate_owner(ctx)
-    if owner is not None and ctx.txn is not None:
-        ctx.services.rates.record(f"{owner[0]}:messages", 1)
-        ctx.services.rates.record(f"{owner[0]}:recipients", len(ctx.txn.recipients))
+    if owner is None or ctx.txn is None:
+        return
+    try:
+        ctx.state.record(f"{owner[0]}:messages", 1)
+        ctx.state.record(f"{owner[0]}:recipients", len(ctx.txn.recipients))
+    except DependencyError as err:
+        ctx.log.dependency_failure(CHECK, err.service, ctx.conn, ctx.txn, str(err),
+                                   "not counted", owner[2])

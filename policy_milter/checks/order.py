@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from ..decision import Decision
 from ..rules.settings import FAILURE_SETTINGS, NAMES
 from ..stages import Stage
-from . import auth, challenge, dnsbl, limits, protocol, rdns, recipients, relay, size, spam, virus
+from . import (auth, challenge, dnsbl, greylist, limits, protocol, rdns, recipients, relay, size,
+               spam, virus)
 from .base import Context
 
 if TYPE_CHECKING:
@@ -115,6 +116,11 @@ ORDER: tuple[Spec, ...] = (
     Spec("size", S.RCPT, size.declared_rcpt, "a declared `SIZE=` against the mailbox's limit"),
     _rules("access", S.RCPT, "rules with a recipient condition"),
     _rules("filters", S.RCPT, "rules with a recipient condition"),
+    Spec("greylist", S.RCPT, greylist.check,
+         "a first-seen (client network, sender, recipient) retries after `greylist_delay`; "
+         "trusted clients and the null sender to postmaster pass",
+         on="`greylist`", enabled=lambda p: p.settings.greylist, depends="state store",
+         skippable=True),
     Spec("protocol", S.DATA, protocol.has_recipients, "an accepted recipient"),
     Spec("protocol", S.EOM, protocol.has_recipients, "an accepted recipient"),
     Spec("size", S.EOM, size.counted,

@@ -23,6 +23,7 @@ from ..services.challenges import DATABASE, ChallengeStore, Held, SqliteChalleng
 from ..services.dns import DnsResolver, Resolver
 from ..services.dnsstub import DnsOff, StubResolver
 from ..services.spf import Spf
+from ..services.state.memory import MemoryStore
 
 SCANNERS = frozenset(spec.name for spec in ORDER if spec.depends in ("clamd", "spamd"))
 DNS_CHECKS = frozenset(spec.name for spec in ORDER if spec.depends == "dns")
@@ -136,11 +137,13 @@ def offline(policy: Policy, dns: str, scanners: bool) -> Offline:
         notes.append(f"DNS: canned answers from {dns.removeprefix('stub=')}")
     if not scanners:
         leave_out |= _enabled(policy, SCANNERS, notes, "--scanners off")
+    leave_out |= _enabled(policy, frozenset({"greylist"}), notes,
+                          "it depends on the retries the state store has seen")
     store = DryRunStore(_real_store(policy, notes))
     mailer = NotedMailer()
     notes.append("rate counters start at zero; nothing is held, sent or counted")
     services = Services(dns=resolver, challenges=store, mailer=mailer, spf=spf,
-                        run_later=_now)
+                        run_later=_now, state=MemoryStore())
     return Offline(services, frozenset(leave_out), notes, store, mailer, owned)
 
 

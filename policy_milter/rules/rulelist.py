@@ -55,8 +55,9 @@ _WHOLE_VALUE = frozenset({"header", "body"})  # a regex may hold commas
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 CONDITIONS = (*FIELDS, "authenticated")
 ACTIONS = ("permit", "reject", "tempfail", "deny", "discard", "quarantine", "add_header")
-# What a white entry skips when it names nothing: the black lists, local and DNS.
-DEFAULT_PERMIT_SKIP = frozenset({"access", "dnsbl"})
+# What a white entry skips when it names nothing: the black lists, local and DNS, and
+# greylisting.
+DEFAULT_PERMIT_SKIP = frozenset({"access", "dnsbl", "greylist"})
 
 
 @dataclass(frozen=True)

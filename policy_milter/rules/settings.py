@@ -19,6 +19,7 @@ from .. import catalogue, listen
 from ..catalogue import Entry, Kind
 from ..listen import Address
 from ..patterns import AddressPatterns, DomainPatterns, NetworkPatterns, PatternError, PatternSet
+from ..services.state import RedisServer
 from ..stages import Stage
 from .source import parse_bool, parse_count, parse_rate, parse_size, unknown_entry
 
@@ -115,6 +116,14 @@ def _metrics_address(text: str) -> Address | None:
         raise ValueError(f"'{text}': metrics are served over HTTP: inet:PORT[@HOST] or "
                          "inet6:PORT[@HOST]")
     return address
+
+
+def _state(text: str) -> str:
+    """``embedded``, or the Redis server several milters share."""
+    if text.lower() == "embedded":
+        return "embedded"
+    RedisServer.parse(text)  # ValueError says what is wrong
+    return text
 
 
 def _duration(text: str) -> float:
@@ -247,6 +256,23 @@ class Settings:
     sql_timeout: float = _setting(_seconds(20), "2")
     sql_cache_ttl: int = _setting(parse_count, "60")
     sql_cache_size: int = _setting(_bounded(1, 10_000_000), "10000")
+    # The state store (rate counters, greylisting, challenge allow lists): embedded, a
+    # SQLite file (empty: $STATE_DIRECTORY/state.sqlite3 under systemd, else memory
+    # only), or redis://HOST:PORT/DB shared by several milters.
+    state: str = _setting(_state, "embedded")
+    state_file: str = _setting(str, "")
+    state_timeout: float = _setting(_seconds(30), "1")
+    state_prefix: str = _setting(str, "policy-milter:")
+    state_password_file: str = _setting(str, "")
+    # Greylisting: a first-seen (client network, sender, recipient) triplet is told to
+    # retry; a retry after the delay and within the window passes.
+    greylist: bool = _setting(parse_bool, "no")
+    greylist_delay: float = _setting(_duration, "5m")
+    greylist_retry_window: float = _setting(_duration, "2d")
+    greylist_expire: float = _setting(_duration, "35d")
+    greylist_auto_allow: int = _setting(parse_count, "5")
+    greylist_ipv4_prefix: int = _setting(_bounded(8, 32), "24")
+    greylist_ipv6_prefix: int = _setting(_bounded(16, 128), "64")
 
     def failure(self, setting: str) -> str:
         """What a dependency failure means for a check governed by ``setting``: its own

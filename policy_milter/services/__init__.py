@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..log import LOGGER, fields
 from ..metrics import OFF, Metrics
@@ -20,7 +20,7 @@ from .errors import DependencyError
 from .mailer import Mailer
 from .spamd import SpamScanner
 from .spf import SenderCheck
-from .state import MemoryRateStore, RateStore
+from .state import StateStore
 
 __all__ = ["DependencyError", "Services", "in_background"]
 
@@ -43,7 +43,7 @@ class Services:
     """What tests and benchmarks swap; a service left None is built from the policy's
     settings (and is off when they name none)."""
 
-    rates: RateStore = field(default_factory=MemoryRateStore)
+    state: StateStore | None = None  # rate counters, greylisting, allow lists
     dns: Resolver | None = None
     virus: VirusScanner | None = None
     spam: SpamScanner | None = None

@@ -1,5 +1,5 @@
-"""Builds the services a policy names (resolver, scanners, challenge store, mailer) and
-closes them again.
+"""Builds the services a policy names (state store, resolver, scanners, challenge store,
+mailer) and closes them again.
 
 A reload builds a new set next to the old one and keeps what did not change (the
 resolver with its cache while the DNS settings stay, the challenge store while its
@@ -10,13 +10,14 @@ that began under the old rules has ended.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..rules.tables import parse_row
-from . import Services
+from . import DependencyError, Services
 from .challenges import ChallengeStore, SqliteChallengeStore
 from .clamd import Clamd, VirusScanner
 from .dns import DnsResolver, Resolver
@@ -24,12 +25,21 @@ from .mailer import Mailer, SmtpMailer
 from .spamd import Spamd, SpamScanner
 from .spf import SenderCheck, Spf
 from .sql import Connection, SqlTable
+from .state import RedisServer, StateStore
+from .state.memory import MemoryStore
+from .state.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from ..rules.policy import Policy
 
 
-Closable = DnsResolver | SqliteChallengeStore | Connection
+@runtime_checkable
+class Closable(Protocol):
+    def close(self) -> None:
+        """Release connections, threads and files."""
+
+
+STATE_FILE = "state.sqlite3"  # the embedded store's file in systemd's $STATE_DIRECTORY
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ class Live:
     mailer: Mailer | None = None
     spf: SenderCheck | None = None  # whether a sender may be challenged
     tables: Mapping[str, SqlTable] = field(default_factory=dict)  # the tables from SQL
+    state: StateStore = field(default_factory=MemoryStore)
+    state_config: tuple[str, ...] = ()  # what the state store was built from
     owned: tuple[Closable, ...] = ()
 
     def close(self, keep: Sequence[Closable] = ()) -> None:
@@ -60,6 +72,9 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
     store = _store(policy, given, previous)
     tables = _sql_tables(policy, previous)
     connections = tuple({id(t.connection): t.connection for t in tables.values()}.values())
+    config = state_config(policy)
+    state = given.state or (previous.state if previous is not None
+                            and previous.state_config == config else open_state(policy))
     return Live(
         dns=dns,
         virus=given.virus or (Clamd(s.clamd, s.clamd_timeout, s.clamd_max_size)
@@ -69,9 +84,48 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
         mailer=given.mailer or (smtp_mailer(policy) if s.challenge_store else None),
         spf=given.spf or (Spf(policy.dns_config, s.dns_budget) if s.challenge_store else None),
         tables=tables,
-        owned=tuple(x for x in (dns, store) if isinstance(x, Closable)
-                    and x is not given.dns and x is not given.challenges) + connections,
+        state=state,
+        state_config=config,
+        owned=tuple(x for x in (dns, store, state) if isinstance(x, Closable)
+                    and all(x is not g for g in (given.dns, given.challenges, given.state)))
+        + connections,
     )
+
+
+def state_config(policy: Policy) -> tuple[str, ...]:
+    """The settings a state store is built from: while they stay, a reload keeps it."""
+    s = policy.settings
+    return (s.state, s.state_file, str(s.state_timeout), s.state_prefix, s.state_password_file,
+            os.environ.get("STATE_DIRECTORY", ""))
+
+
+def state_path(policy: Policy) -> Path | None:
+    """The embedded store's file: ``state_file``, else state.sqlite3 in the directory
+    systemd's StateDirectory= gives (the unit's /var/lib/policy-milter), else None:
+    memory only."""
+    if policy.settings.state_file:
+        return Path(policy.settings.state_file)
+    directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(directory) / STATE_FILE if directory else None
+
+
+def open_state(policy: Policy) -> StateStore:
+    """The state store policy.conf names.  A password file that cannot be read is a
+    DependencyError naming the setting (never the password)."""
+    s = policy.settings
+    if s.state == "embedded":
+        path = state_path(policy)
+        return MemoryStore() if path is None else SqliteStore(path, s.state_timeout)
+    from .state.redis import RedisStore  # redis-py is needed only for a Redis store
+
+    password = None
+    if s.state_password_file:
+        try:
+            password = Path(s.state_password_file).read_text().strip()
+        except OSError as err:
+            raise DependencyError("redis", f"{policy.where['state_password_file']}: "
+                                  f"cannot read the password: {err.strerror}") from None
+    return RedisStore(RedisServer.parse(s.state), s.state_prefix, s.state_timeout, password)
 
 
 def smtp_mailer(policy: Policy) -> SmtpMailer:

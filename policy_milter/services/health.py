@@ -31,7 +31,7 @@ TIMEOUT = 3.0  # seconds a probe may take at most (less if the service's timeout
 
 @dataclass(frozen=True)
 class Unreachable:
-    service: str  # clamd, spamd, dns, smtp, sql
+    service: str  # clamd, spamd, dns, smtp, sql, redis
     address: str
     reason: str
 
@@ -60,6 +60,8 @@ def unreachable(policy: Policy, live: Live, timeout: float = TIMEOUT) -> list[Un
     for connection in {id(t.connection): t.connection for t in live.tables.values()}.values():
         probes.append(("sql", connection.database.shown,
                        _call(connection.problem, min(timeout, connection.timeout))))
+    if live.state.name == "redis":
+        probes.append(("redis", live.state.address, live.state.problem))
     if not probes:
         return []
     with ThreadPoolExecutor(len(probes), thread_name_prefix="probe") as pool:

@@ -21,7 +21,7 @@ from policy_milter.engine import Engine
 from policy_milter.milter import PolicyMilter
 from policy_milter.rules.policy import Policy, load
 from policy_milter.services import Services
-from policy_milter.services.state import MemoryRateStore
+from policy_milter.services.state.memory import MemoryStore
 from policy_milter.stages import Stage
 from tests.support import golden
 from tests.support.golden import SESSIONS, Answer
@@ -98,11 +98,11 @@ def test_discarded_recipient_is_deleted(ctx: testctx.TestCtx) -> None:
 
 
 def test_internal_error_is_a_tempfail_with_reply(fixture_policy: Policy) -> None:
-    class Broken(MemoryRateStore):
+    class Broken(MemoryStore):
         def total(self, key: str, window: int) -> int:
             raise RuntimeError("boom")
 
-    c = context(Engine(fixture_policy, Services(rates=Broken())))
+    c = context(Engine(fixture_policy, Services(state=Broken())))
     c._connect("mx.sender.example", "mx.sender.example", "192.0.2.10")
     c._setsymval("{auth_authen}", "dora")
     rc = c._feedFile(BytesIO(MESSAGE), "dora@quota.example", "postmaster@example.com")

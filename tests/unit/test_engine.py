@@ -18,7 +18,7 @@ from policy_milter.engine import Engine, Outcome, Session
 from policy_milter.rules.policy import load
 from policy_milter.services import DependencyError, Services
 from policy_milter.services.clamd import VirusResult
-from policy_milter.services.state import MemoryRateStore
+from policy_milter.services.state.memory import MemoryStore
 
 
 def entry(decision: Decision) -> str:
@@ -249,7 +249,7 @@ def test_domain_message_rate(engine: Engine) -> None:
 
 def test_rate_window_expires(fixture_policy) -> None:  # type: ignore[no-untyped-def]
     now = [0.0]
-    engine = Engine(fixture_policy, Services(rates=MemoryRateStore(clock=lambda: now[0])))
+    engine = Engine(fixture_policy, Services(state=MemoryStore(clock=lambda: now[0])))
     s = open_session(engine)
     for _ in range(2):
         recipients_accepted(s, "<dora@quota.example>", 1, "dora")
@@ -365,14 +365,14 @@ def test_transaction_state_resets(session: Session) -> None:
 
 
 def _failing(exc: Exception):  # type: ignore[no-untyped-def]
-    class Rates(MemoryRateStore):
+    class Rates(MemoryStore):
         def total(self, key: str, window: int) -> int:
             raise exc
     return Rates()
 
 
 def test_dependency_failure_tempfails_by_default(fixture_policy) -> None:  # type: ignore[no-untyped-def]
-    engine = Engine(fixture_policy, Services(rates=_failing(DependencyError("state", "down"))))
+    engine = Engine(fixture_policy, Services(state=_failing(DependencyError("state", "down"))))
     s = open_session(engine)
     assert recipients_accepted(s, "<dora@quota.example>", 1, "dora") == ["state_tempfail"]
 
@@ -380,7 +380,7 @@ def test_dependency_failure_tempfails_by_default(fixture_policy) -> None:  # typ
 def test_dependency_failure_accept_is_logged(make_rules: Callable[..., Path],
                                              caplog: pytest.LogCaptureFixture) -> None:
     policy = load(make_rules(failure_action="accept"))
-    s = open_session(Engine(policy, Services(rates=_failing(DependencyError("state", "down")))))
+    s = open_session(Engine(policy, Services(state=_failing(DependencyError("state", "down")))))
     with caplog.at_level(logging.INFO):
         assert recipients_accepted(s, "<dora@quota.example>", 1, "dora") == ["continue"]
     assert any("event=dependency_failure" in r.getMessage() and "service=state" in r.getMessage()
@@ -389,7 +389,7 @@ def test_dependency_failure_accept_is_logged(make_rules: Callable[..., Path],
 
 def test_unexpected_error_is_a_logged_tempfail(fixture_policy,  # type: ignore[no-untyped-def]
                                                caplog: pytest.LogCaptureFixture) -> None:
-    s = open_session(Engine(fixture_policy, Services(rates=_failing(KeyError("bug")))))
+    s = open_session(Engine(fixture_policy, Services(state=_failing(KeyError("bug")))))
     with caplog.at_level(logging.INFO):
         assert recipients_accepted(s, "<dora@quota.example>", 1, "dora") == ["internal_tempfail"]
     assert any("event=internal_error" in r.getMessage() and "KeyError" in r.getMessage()

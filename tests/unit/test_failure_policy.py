@@ -136,7 +136,7 @@ def test_a_check_without_a_setting_of_its_own_follows_failure_action(
 
     for overall, expected in (("tempfail", "state_tempfail"), ("accept", "continue")):
         s = Engine(load(make_rules(failure_action=overall)),
-                   Services(rates=DeadRates())).session()  # type: ignore[arg-type]
+                   Services(state=DeadRates())).session()  # type: ignore[arg-type]
         s.connect("192.0.2.20", "mx.sender.example", "smtpd")
         s.helo("mx.sender.example", False)
         s.mail("<dora@quota.example>", [], "dora", "")

@@ -1,4 +1,4 @@
-"""setup.cfg's dependency floors (and the metrics and postgresql extras') are met by the libraries this
+"""setup.cfg's dependency floors (and the metrics, postgresql and redis extras') are met by the libraries this
 interpreter imports.  Run on Debian 12's own packages (scripts/run-tests-debian), this keeps
 them floors Debian meets."""
 
@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 MODULES = {"pymilter": "Milter", "dnspython": "dns", "cachetools": "cachetools", "idna": "idna",
            "google-re2": "re2", "pyspf": "spf", "prometheus_client": "prometheus_client",
-           "psycopg": "psycopg"}
+           "psycopg": "psycopg", "redis": "redis"}
 
 
 def requirements() -> list[Requirement]:
@@ -23,7 +23,7 @@ def requirements() -> list[Requirement]:
     config.read(REPO / "setup.cfg")
     extras = config["options.extras_require"]
     lines = (config["options"]["install_requires"] + extras["metrics"]
-             + extras["postgresql"]).splitlines()
+             + extras["postgresql"] + extras["redis"]).splitlines()
     return [Requirement(line) for line in lines if line.strip()]
 
 

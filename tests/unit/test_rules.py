@@ -375,10 +375,10 @@ RULE_ERRORS = [
      "'scanner_tempfail' cannot be sent at MAIL (where this rule is decided)"),
     ("client 192.0.2.1 permit skip=relay",
      "permit cannot skip relay (skippable: all, access, challenge, dnsbl, filters, "
-     "local_sender, rdns, spam, virus)"),
+     "greylist, local_sender, rdns, spam, virus)"),
     ("client 192.0.2.1 permit skip=access,recipients",
      "permit cannot skip recipients (skippable: all, access, challenge, dnsbl, filters, "
-     "local_sender, rdns, spam, virus)"),
+     "greylist, local_sender, rdns, spam, virus)"),
     ("client 192.0.2.1 permit filters", "permit takes skip=CHECK,...; got 'filters'"),
     ("client 192.0.2.1 permit skip", "permit takes skip=CHECK,...; got 'skip'"),
     ("client 192.0.2.0/33 reject", "client: '192.0.2.0/33' is not an IP address or CIDR block"),
@@ -507,6 +507,11 @@ def test_settings_defaults(tmp_path: Path) -> None:
         "challenge_smtp": ("127.0.0.1", 25), "challenge_expire": 7 * 86400,
         "challenge_limit": (10, 3600), "workers": 1, "metrics": None,
         "sql_timeout": 2.0, "sql_cache_ttl": 60, "sql_cache_size": 10000,
+        "state": "embedded", "state_file": "", "state_timeout": 1.0,
+        "state_prefix": "policy-milter:", "state_password_file": "",
+        "greylist": False, "greylist_delay": 300, "greylist_retry_window": 2 * 86400,
+        "greylist_expire": 35 * 86400, "greylist_auto_allow": 5, "greylist_ipv4_prefix": 24,
+        "greylist_ipv6_prefix": 64,
     }
     assert not generic
     assert [contains(relay_networks, ip) for ip in
@@ -894,7 +899,7 @@ def test_monitor(tmp_path: Path, file: str) -> None:
 
 
 @pytest.mark.parametrize("args, skip", [
-    ("", {"access", "dnsbl"}),
+    ("", {"access", "dnsbl", "greylist"}),
     ("skip=local_sender", {"local_sender"}),
     ("skip=filters,local_sender", {"filters", "local_sender"}),
     ("skip=access, filters", {"access", "filters"}),
@@ -905,13 +910,13 @@ def test_permit_skip(tmp_path: Path, args: str, skip: set[str]) -> None:
     d = decision(tmp_path, f"sender newsletter@partner.example permit {args}")
     assert (d.action, d.entry, d.skip) == (Action.PERMIT, None, frozenset(skip))
     assert SKIPPABLE == frozenset({"access", "filters", "local_sender", "rdns", "dnsbl", "virus",
-                                   "spam", "challenge"})
+                                   "spam", "challenge", "greylist"})
 
 
 @pytest.mark.parametrize("rule, skip", [
-    ("recipient vip@example.com permit", {"access"}),  # the black lists still ahead
+    ("recipient vip@example.com permit", {"access", "greylist"}),  # black lists, greylist
     ("recipient vip@example.com permit skip=all",
-     {"access", "filters", "virus", "spam", "challenge"}),
+     {"access", "filters", "greylist", "virus", "spam", "challenge"}),
     ("recipient vip@example.com permit skip=virus,challenge", {"virus", "challenge"}),
     ("header Subject=/x/ permit", set()),
     ("header Subject=/x/ permit skip=all", {"filters", "virus", "spam", "challenge"}),
@@ -923,9 +928,9 @@ def test_permit_skips_only_what_is_still_ahead(tmp_path: Path, rule: str,
 
 @pytest.mark.parametrize("rule, behind, stage, ahead", [
     ("recipient vip@example.com permit skip=dnsbl,rdns", "dnsbl, rdns", "RCPT TO",
-     "access, challenge, filters, spam, virus"),
+     "access, challenge, filters, greylist, spam, virus"),
     ("recipient vip@example.com permit skip=local_sender", "local_sender", "RCPT TO",
-     "access, challenge, filters, spam, virus"),
+     "access, challenge, filters, greylist, spam, virus"),
     ("body /x/ permit skip=dnsbl", "dnsbl", "the end of the message",
      "challenge, filters, spam, virus"),
 ])
