@@ -37,7 +37,7 @@ from .rules.source import RuleErrors
 from .server import Server, StartError, settle
 from .services import DependencyError, Services, in_background
 from .services.challenges import SqliteChallengeStore
-from .services.factory import smtp_mailer
+from .services.factory import smtp_mailer, state_path
 from .workers import Supervisor
 
 DEFAULT_RULES = "/etc/policy-milter"
@@ -246,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
         if workers > 1 and policy.settings.metrics is not None:
             raise ImportError(f"{policy.where['metrics']}: metrics are served by one process;"
                               f" with {workers} workers, leave metrics off")
+        if workers > 1 and _counts_in_memory(policy):
+            raise ImportError(f"{policy.where['state_file']}: with {workers} workers the "
+                              "counters must be shared: set state_file (systemd's "
+                              "StateDirectory gives one) or state = redis://...")
         engine = Engine(policy, Services(metrics=log.metrics), log=log)
     except (DependencyError, ImportError) as err:
         return _failed(args, log, str(err))
@@ -264,6 +268,16 @@ def run(args: argparse.Namespace) -> int:
     finally:
         log.metrics.close()
         engine.close()
+
+
+def _counts_in_memory(policy: Policy) -> bool:
+    """The policy counts something (limits, challenges, greylisting) in a store that only
+    this process sees."""
+    s = policy.settings
+    rates = any(x.limits.limit_messages or x.limits.limit_recipients
+                for x in policy.tables.limited())
+    counts = rates or bool(s.challenge_store) or s.greylist
+    return counts and s.state == "embedded" and state_path(policy) is None
 
 
 def _redeliver(engine: Engine, log: DecisionLog) -> None:

@@ -18,6 +18,7 @@ from policy_milter.rules.policy import load
 from tests.conftest import copy_rules
 from tests.milter.conftest import MilterProcess, start_milter
 from tests.milter.test_startup import one_line_error
+from tests.milter.test_state_wire import send_as_dora
 from tests.support.cli import cli
 from tests.support.daemon import free_port
 from tests.support.session import assert_reply, mail_from
@@ -46,7 +47,8 @@ def wait_workers(process: MilterProcess, count: int, timeout: float = 15) -> dic
 
 @pytest.fixture
 def two(tmp_path: Path) -> MilterProcess:
-    process = start_milter(copy_rules(tmp_path / "rules"), tmp_path, "--workers", "2")
+    rules = copy_rules(tmp_path / "rules", state_file=str(tmp_path / "state.sqlite3"))
+    process = start_milter(rules, tmp_path, "--workers", "2")
     wait_workers(process, 2)
     return process
 
@@ -149,7 +151,8 @@ def test_a_bad_worker_count(value: str) -> None:
 
 
 def test_workers_in_policy_conf(tmp_path: Path) -> None:
-    rules = copy_rules(tmp_path / "rules", workers="3")
+    rules = copy_rules(tmp_path / "rules", workers="3",
+                       state_file=str(tmp_path / "state.sqlite3"))
     process = start_milter(rules, tmp_path)
     try:
         wait_workers(process, 3)
@@ -159,6 +162,33 @@ def test_workers_in_policy_conf(tmp_path: Path) -> None:
 
 
 def test_metrics_are_refused_with_workers(tmp_path: Path) -> None:
-    rules = copy_rules(tmp_path / "rules", metrics=f"inet:{free_port()}")
+    rules = copy_rules(tmp_path / "rules", metrics=f"inet:{free_port()}",
+                       state_file=str(tmp_path / "state.sqlite3"))
     one_line_error(cli("run", "--rules", str(rules), "--workers", "2"), EXIT_RUNTIME,
                    "metrics are served by one process; with 2 workers, leave metrics off")
+
+
+def test_two_workers_enforce_one_account_limit(tmp_path: Path) -> None:
+    """dora@quota.example may send 2 an hour: 8 sessions one after another, spread over
+    both workers (each counting alone would pass up to 4), pass exactly 2, with the
+    embedded store's file.  (Sessions at the same moment can overshoot a limit by those in
+    flight: it is read at RCPT and counted once a message is accepted.)"""
+    rules = copy_rules(tmp_path / "rules", state_file=str(tmp_path / "state.sqlite3"))
+    process = start_milter(rules, tmp_path, "--workers", "2")
+    try:
+        wait_workers(process, 2)
+        replies = [send_as_dora(process) for _ in range(8)]
+        assert sum(r.passed for r in replies) == 2
+        for refused in (r for r in replies if not r.passed):
+            assert_reply(refused, "account_limits")
+        served = {re.search(r" worker=(\d) ", line).group(1)  # type: ignore[union-attr]
+                  for line in process.log_lines() if " event=envelope " in line}
+        assert served == {"1", "2"}  # both workers took sessions
+    finally:
+        assert process.stop() == 0
+
+
+def test_workers_refuse_counters_only_one_process_sees(tmp_path: Path) -> None:
+    rules = copy_rules(tmp_path / "rules")  # the fixture rules have account limits
+    one_line_error(cli("run", "--rules", str(rules), "--workers", "2"), EXIT_RUNTIME,
+                   "with 2 workers the counters must be shared: set state_file")
