@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from .errors import DependencyError
+from .state import StateStore
 
 CHUNK = 64 * 1024  # messages are copied in chunks this size: never read whole
 SUFFIX = ".eml"  # spool file of a held message: <id>.eml; anything else there is temporary
@@ -122,16 +123,30 @@ class ChallengeStore(Protocol):
         """The spooled message, for reading."""
 
 
+def _pair_key(recipient: str, sender: str) -> str:
+    return f"challenge-allowed:{_key(recipient)} {_key(sender)}"
+
+
+def _sender_key(sender: str) -> str:
+    return f"challenge-known:{_key(sender)}"
+
+
 def _key(address: str) -> str:
     return address.lower()
 
 
 class SqliteChallengeStore:
     """ChallengeStore in ``directory``: the DATABASE and spool/.  Thread-safe (one
-    connection behind a lock) and safe to share with other processes."""
+    connection behind a lock) and safe to share with other processes.
 
-    def __init__(self, directory: Path, timeout: float = 10.0) -> None:
+    Held mail stays on the host that held it; the allow lists are also written to
+    ``shared``, the state store, when it is one other hosts see (Redis), and read from
+    either: a sender allowed through one MX is allowed on every MX sharing it."""
+
+    def __init__(self, directory: Path, timeout: float = 10.0,
+                 shared: StateStore | None = None) -> None:
         self.directory = directory
+        self.shared = shared
         self._spool = directory / "spool"
         self._lock = threading.Lock()
         database = directory / DATABASE
@@ -169,6 +184,8 @@ class SqliteChallengeStore:
             self._db.close()
 
     def allowed(self, recipient: str, sender: str) -> bool:
+        if self.shared is not None and self.shared.get(_pair_key(recipient, sender)):
+            return True
         return bool(self._read("reading the allow list",
                                "SELECT 1 FROM allowed WHERE recipient = ? AND sender = ?",
                                (_key(recipient), _key(sender))))
@@ -176,6 +193,12 @@ class SqliteChallengeStore:
     def allow(self, recipient: str, sender: str) -> None:
         with self._write("updating the allow list") as db:
             db.execute("INSERT OR IGNORE INTO allowed VALUES (?, ?)", (_key(recipient), _key(sender)))
+        self._share(recipient, sender)
+
+    def _share(self, recipient: str, sender: str) -> None:
+        if self.shared is not None:
+            self.shared.put(_pair_key(recipient, sender), "1")
+            self.shared.put(_sender_key(sender), "1")
 
     def hold(self, recipient: str, sender: str, message: BinaryIO,
              now: float | None = None) -> tuple[Held, bool]:
@@ -208,6 +231,8 @@ class SqliteChallengeStore:
             db.execute("INSERT OR IGNORE INTO challenged VALUES (?, ?)", (token, time.time()))
 
     def known(self, sender: str) -> bool:
+        if self.shared is not None and self.shared.get(_sender_key(sender)):
+            return True
         return bool(self._read("reading the allow list",
                                "SELECT 1 FROM allowed WHERE sender = ? LIMIT 1", (_key(sender),)))
 
@@ -223,6 +248,7 @@ class SqliteChallengeStore:
             db.execute("DELETE FROM challenged WHERE token = ?", (token,))
             rows = db.execute(f"UPDATE held SET released_at = ? WHERE token = ? AND released_at IS NULL"
                               f" RETURNING {_COLUMNS}", (time.time(), token)).fetchall()
+        self._share(*pair)
         return self._sorted(rows)
 
     def release(self, held_id: str) -> Held | None:

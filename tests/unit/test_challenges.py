@@ -17,6 +17,9 @@ import pytest
 
 from policy_milter.services.challenges import CHUNK, Held, SqliteChallengeStore
 from policy_milter.services.errors import DependencyError
+from policy_milter.services.state import RedisServer as Address
+from policy_milter.services.state.redis import RedisStore
+from tests.support.redis import RedisServer
 
 RCPT = "Boss@Example.COM"
 SENDER = "Stranger@Elsewhere.Example"
@@ -339,3 +342,24 @@ def test_large_message_streams_byte_for_byte(store: SqliteChallengeStore) -> Non
         assert b"".join(iter(lambda: f.read(CHUNK), b"")) == data
     empty, _ = store.hold(RCPT, SENDER, msg(""))
     assert empty.size == 0 and content(store, empty) == b""
+
+
+def test_allow_lists_are_shared_through_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Two hosts, each with its own challenge store (held mail stays where it was held),
+    sharing one Redis: a sender allowed on one, by an answer or by the admin, is allowed
+    and known on the other."""
+    shared = RedisStore(Address.parse(redis_server.url), "allow:")
+    first = SqliteChallengeStore(tmp_path / "mx1", shared=shared)
+    second = SqliteChallengeStore(tmp_path / "mx2", shared=RedisStore(
+        Address.parse(redis_server.url), "allow:"))
+    held, _ = first.hold(RCPT, SENDER, msg("one"))
+    assert not second.allowed(RCPT, SENDER) and not second.known(SENDER)
+    assert first.answer(held.token, SENDER) == [held]
+    assert second.allowed(RCPT.upper(), SENDER) and second.known(SENDER.upper())
+    assert not second.allowed("other@example.com", SENDER)  # the pair, not the sender alone
+    second.allow("other@example.com", "friend@elsewhere.example")
+    assert first.allowed("other@example.com", "friend@elsewhere.example")
+    alone = SqliteChallengeStore(tmp_path / "mx3")  # not sharing: its own lists only
+    assert not alone.allowed(RCPT, SENDER)
+    for store in (first, second, alone):
+        store.close()

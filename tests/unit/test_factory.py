@@ -11,7 +11,9 @@ import pytest
 from policy_milter.engine import Engine
 from policy_milter.rules.policy import load
 from policy_milter.services import DependencyError, Services
+from policy_milter.services.challenges import SqliteChallengeStore
 from policy_milter.services.dns import DnsResolver
+from tests.support.redis import RedisServer
 
 DNS = dict(rdns="required", dns_nameservers="127.0.0.1", dns_port="9")
 
@@ -84,3 +86,18 @@ def test_services_given_by_the_caller_are_never_closed(make_rules: Callable[...,
     engine.close()
     assert not shut(given)
     given.close()
+
+
+def test_the_challenge_allow_lists_are_shared_only_through_redis(
+        make_rules: Callable[..., Path], tmp_path: Path, redis_server: RedisServer) -> None:
+    def store(**state: str) -> object:
+        engine = Engine(load(make_rules(challenge_store=str(tmp_path / "held"),
+                                        challenge_address="challenge@example.com", **state)))
+        challenges = engine.plan.live.challenges
+        assert isinstance(challenges, SqliteChallengeStore)
+        shared, live = challenges.shared, engine.plan.live.state
+        engine.close()
+        return shared is live if shared is not None else None
+
+    assert store(state=redis_server.url) is True
+    assert store(state_file=str(tmp_path / "state.sqlite3")) is None  # one host: no need
