@@ -103,7 +103,7 @@ class Supervisor:
 
     def _reap(self) -> bool:
         """Collect the workers that ended; replace them unless stopping.  False if one
-        ended on an error."""
+        ended on an error while stopping (one that dies before is logged and replaced)."""
         clean = True
         while True:
             try:
@@ -117,7 +117,7 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             expected = self.stopping and code == 0
-            clean &= expected
+            clean &= expected or not self.stopping
             self.log.event("worker_exit", level=logging.INFO if expected else logging.ERROR,
                            worker=number, pid=pid, status=code,
                            action="none" if self.stopping else "replaced")

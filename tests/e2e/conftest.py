@@ -79,8 +79,10 @@ def _stop_milter(pair: Pair) -> None:
 
 
 def start_pair(stack: ExitStack, root: Path, name: str, rules: Path = FIXTURE_RULES,
-               smtpd_options: dict[str, str] | None = None) -> Pair:
-    """Start a milter and a Postfix; ``stack`` stops both (Postfix first) when it closes."""
+               smtpd_options: dict[str, str] | None = None,
+               milter_args: tuple[str, ...] = ()) -> Pair:
+    """Start a milter (``run`` with ``milter_args`` too) and a Postfix; ``stack`` stops
+    both (Postfix first) when it closes."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))  # short: a unix socket
     workdir.chmod(0o711)                                           # path has <= 107 bytes
     postfix = PostfixInstance(
@@ -88,7 +90,7 @@ def start_pair(stack: ExitStack, root: Path, name: str, rules: Path = FIXTURE_RU
         relay_domains=RELAY_DOMAINS, relay_recipients=RELAY_RECIPIENTS,
         smtpd_options=smtpd_options)
     sockets = milter_dir(postfix.milter_directory)
-    pair = Pair(start_milter(rules, sockets), postfix, sockets)
+    pair = Pair(start_milter(rules, sockets, *milter_args), postfix, sockets)
     stack.callback(_stop_milter, pair)  # the pair's current milter, restarted or not
     pair.postfix.start()
     stack.callback(pair.postfix.stop)

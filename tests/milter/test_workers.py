@@ -95,7 +95,7 @@ def test_dead_workers_are_replaced_and_an_open_session_is_cut_not_lost(
             with two.client() as fresh:
                 assert mail_from(fresh).passed
     finally:
-        assert two.stop() == EXIT_RUNTIME  # workers died on errors: the parent says so
+        assert two.stop() == 0  # the deaths were logged; the stop itself was clean
 
 
 def test_reloads_are_checked_by_the_parent_and_passed_to_every_worker(
