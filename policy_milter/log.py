@@ -80,9 +80,14 @@ def _escape_code(code: int) -> str:
 
 
 def fields(**values: Any) -> str:
-    """``key=value`` pairs; a bare string value (the most) skips quote()'s call."""
-    return " ".join(f"{k}={v}" if type(v) is str and len(v) <= MAX_VALUE and _BARE.fullmatch(v)
-                    else f"{k}={quote(v)}" for k, v in values.items())
+    """``key=value`` pairs; an empty or bare string value (the most) skips quote()'s call."""
+    parts = []
+    for k, v in values.items():
+        if type(v) is str and (not v or (len(v) <= MAX_VALUE and _BARE.fullmatch(v))):
+            parts.append(f'{k}=""' if not v else f"{k}={v}")
+        else:
+            parts.append(f"{k}={quote(v)}")
+    return " ".join(parts)
 
 
 def _address(addr: Resolved | None) -> str:
