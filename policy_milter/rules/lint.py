@@ -168,6 +168,13 @@ def _settings(policy: Policy) -> Iterator[Finding]:
                       "relative path: it is taken from the milter's working directory (/ "
                       "under systemd), not from the rules directory; write an absolute path "
                       "(/var/lib/policy-milter is contrib/systemd's StateDirectory)")
+    if s.greylist and s.greylist_retry_window <= s.greylist_delay:
+        at = where["greylist_retry_window"]
+        yield Finding(at if at != "default" else where["greylist_delay"],
+                      f"greylist_retry_window ({s.greylist_retry_window:g} s) is not longer "
+                      f"than greylist_delay ({s.greylist_delay:g} s): a retry passes only "
+                      "after the delay and within the window, so no greylisted sender ever "
+                      "passes; make the window longer (the defaults: 2d and 5m)", fatal=True)
     yield from _metrics(policy)
 
 

@@ -451,3 +451,18 @@ def test_metrics_without_prometheus_client_is_an_error(tmp_path: Path,
     [finding] = lint.check(load(tmp_path, ["metrics = inet:9187"]))
     assert finding.fatal and finding.where == f"{tmp_path}/policy.conf:1"
     assert "metrics need the Python package prometheus_client" in finding.message
+
+
+@pytest.mark.parametrize("conf, line", [
+    (["greylist = yes", "greylist_delay = 1h", "greylist_retry_window = 1h"], 3),
+    (["greylist = yes", "greylist_delay = 3d"], 2),  # the window is the default, 2d
+])
+def test_a_greylist_window_no_retry_can_pass(tmp_path: Path, conf: list[str], line: int) -> None:
+    [finding] = lint.check(load(tmp_path, conf))
+    assert finding.fatal and finding.where == f"{tmp_path}/policy.conf:{line}"
+    assert "no greylisted sender ever passes" in finding.message
+
+
+def test_a_greylist_window_after_the_delay_is_fine(tmp_path: Path) -> None:
+    assert lint.check(load(tmp_path, ["greylist = yes", "greylist_delay = 1h",
+                                      "greylist_retry_window = 2h"])) == []
