@@ -24,7 +24,7 @@ def check(ctx: Context) -> Decision | None:
     client, sender, rcpt = ctx.conn.client_addr, ctx.txn.sender, ctx.rcpt
     if ctx.trusted or client is None:
         return None
-    if sender.is_null and rcpt.address.local.lower() == "postmaster":
+    if sender.is_null and rcpt.mailbox.partition("@")[0] == "postmaster":  # any extension
         return None
     verdict = Greylist(ctx.state, ctx.settings).check(client, sender.key, rcpt.mailbox)
     if verdict.passed:

@@ -106,6 +106,7 @@ def greylisting(make_rules: Callable[..., Path]) -> Engine:
     ("10.1.2.3", "<a@sender.example>", "<postmaster@example.com>", "", "continue"),
     ("198.51.100.100", "<a@sender.example>", "<postmaster@example.com>", "", "continue"),
     ("192.0.2.10", "<>", "<postmaster@example.com>", "", "continue"),
+    ("192.0.2.10", "<>", "<Postmaster+bounces@Example.COM>", "", "continue"),  # its mailbox
     ("192.0.2.10", "<>", "<alice@example.com>", "", "greylisted"),
     ("192.0.2.10", "<a@vip.example>", "<alice@example.com>", "", "continue"),
 ])
