@@ -17,22 +17,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import time
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__, catalogue, greylist, listen, postconf, sample
 from .checks import challenge, order
 from .engine import Engine
-from .log import DecisionLog, LogTargetError, configure, log_target
+from .log import DecisionLog, configure, log_target
 from .metrics import OFF, Metrics
 from .offline import commands
 from .report import moment, produce
 from .rules import lint
 from .rules.policy import Policy, load
+from .rules.settings import parse_workers
 from .rules.source import RuleErrors
 from .server import Server, StartError, settle
 from .services import DependencyError, Services, in_background
@@ -45,28 +46,27 @@ DEFAULT_SOCKET = "inet:8894@127.0.0.1"
 EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
 
 
-def _socket_spec(text: str) -> str:
+T = typing.TypeVar("T")
+
+
+def _option(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser whose ValueError says what is wrong (argparse would
+    print only "invalid value")."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _spec(text: str) -> str:
     """A libmilter socket spec (listen.parse: ``inet:PORT`` means loopback)."""
-    try:
-        return listen.parse(text).spec
-    except listen.AddressError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    return listen.parse(text).spec
 
 
-def _log_target(text: str) -> str:
-    try:
-        return log_target(text)
-    except LogTargetError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _workers(text: str) -> int:
-    if text == "auto":
-        return os.cpu_count() or 1
-    count = int(text) if text.isdigit() else 0
-    if not 1 <= count <= 256:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of workers (1-256) or auto")
-    return count
+_socket_spec = _option(_spec)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,10 +131,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--socket-mode", type=_mode, default=0o660,
                      help="permissions of a unix socket (default 660); a missing directory "
                           "for it is made 750")
-    run.add_argument("--log", default="stderr", type=_log_target,
+    run.add_argument("--log", default="stderr", type=_option(log_target),
                      help="stderr (default), syslog[:FACILITY] or file:PATH")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--workers", type=_workers,
+    run.add_argument("--workers", type=_option(parse_workers),
                      help="processes serving the socket: a number or auto (one per core); "
                           "default: policy.conf's workers (1)")
     run.add_argument("--timeout", type=int, default=600,
@@ -243,19 +243,13 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or policy.settings.workers
     try:
         log.metrics = _metrics(policy)
-        if workers > 1 and policy.settings.metrics is not None:
-            raise ImportError(f"{policy.where['metrics']}: metrics are served by one process;"
-                              f" with {workers} workers, leave metrics off")
-        if workers > 1 and _counts_in_memory(policy):
-            raise ImportError(f"{policy.where['state_file']}: with {workers} workers the "
-                              "counters must be shared: set state_file (systemd's "
-                              "StateDirectory gives one) or state = redis://...")
+        _workers_can_serve(policy, workers)
         engine = Engine(policy, Services(metrics=log.metrics), log=log)
-    except (DependencyError, ImportError) as err:
+    except (DependencyError, StartError) as err:
         return _failed(args, log, str(err))
     log.metrics.rules(args.rules, policy.digest, time.perf_counter() - started)
     address = listen.parse(args.socket)
-    if workers > 1:  # each worker builds its own engine after the fork
+    if workers > 1:  # this engine only proved the services open; each worker builds its own
         engine.close()
         return _supervise(args, log, policy, address, workers)
     settle()
@@ -268,6 +262,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         log.metrics.close()
         engine.close()
+
+
+def _workers_can_serve(policy: Policy, workers: int) -> None:
+    """StartError if ``workers`` processes cannot serve ``policy`` as one milter would."""
+    if workers > 1 and policy.settings.metrics is not None:
+        raise StartError(f"{policy.where['metrics']}: metrics are served by one process; "
+                         f"with {workers} workers, leave metrics off")
+    if workers > 1 and _counts_in_memory(policy):
+        raise StartError(f"{policy.where['state_file']}: with {workers} workers the counters "
+                         "must be shared: set state_file (systemd's StateDirectory gives "
+                         "one) or state = redis://...")
 
 
 def _counts_in_memory(policy: Policy) -> bool:
@@ -305,16 +310,16 @@ def _supervise(args: argparse.Namespace, log: DecisionLog, policy: Policy,
 
 
 def _metrics(policy: Policy) -> Metrics:
-    """Metrics as policy.conf says: off, or counted and served (ImportError without
+    """Metrics as policy.conf says: off, or counted and served (StartError without
     prometheus_client, whose message says where the setting is)."""
     if policy.settings.metrics is None:
         return OFF
     try:
         from .prometheus import PrometheusMetrics
     except ImportError:
-        raise ImportError(f"{policy.where['metrics']}: metrics need the Python package "
-                          "prometheus_client (pip install prometheus-client; Debian: "
-                          "python3-prometheus-client)") from None
+        raise StartError(f"{policy.where['metrics']}: metrics need the Python package "
+                         "prometheus_client (pip install prometheus-client; Debian: "
+                         "python3-prometheus-client)") from None
     return PrometheusMetrics()
 
 

@@ -168,12 +168,8 @@ class Server:
             policy = load(self.rules)
             self.engine.reload(policy)
         except Exception as err:  # a reload that fails keeps the rules in force
-            problems = err.errors if isinstance(err, RuleErrors) else [
-                str(err) if isinstance(err, DependencyError) else repr(err)]
-            for line in problems:
-                self.log.event("reload_error", level=logging.ERROR, error=line)
-            self.log.event("reload", level=logging.ERROR, status="failed",
-                           errors=len(problems), kept="previous rules")
+            log_failed_reload(self.log, err.errors if isinstance(err, RuleErrors) else [
+                str(err) if isinstance(err, DependencyError) else repr(err)])
             self.log.metrics.reload_failed()
             notify("READY=1", "STATUS=reload failed: previous rules kept")
             return
@@ -187,6 +183,14 @@ class Server:
         notify("READY=1", f"STATUS=serving {self.address.spec}")
         if self.worker <= 1:
             in_background(self._probe)
+
+
+def log_failed_reload(log: DecisionLog, problems: list[str]) -> None:
+    """One line per problem, then the reload's own line: the old rules stay."""
+    for line in problems:
+        log.event("reload_error", level=logging.ERROR, error=line)
+    log.event("reload", level=logging.ERROR, status="failed", errors=len(problems),
+              kept="previous rules")
 
 
 def _await_sigwait(thread: int, timeout: float = 2.0) -> None:

@@ -26,7 +26,7 @@ from .log import DecisionLog, reopen, tag_worker
 from .notify import notify
 from .rules.policy import Policy, load
 from .rules.source import RuleErrors
-from .server import GRACE, SIGNALS, Server, StartError
+from .server import GRACE, SIGNALS, Server, StartError, log_failed_reload
 
 RESPAWN_PAUSE = 1.0  # seconds between replacing a worker and the next, if they keep dying
 
@@ -117,7 +117,7 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             expected = self.stopping and code == 0
-            clean &= expected or not self.stopping
+            clean &= code == 0 or not self.stopping
             self.log.event("worker_exit", level=logging.INFO if expected else logging.ERROR,
                            worker=number, pid=pid, status=code,
                            action="none" if self.stopping else "replaced")
@@ -130,10 +130,7 @@ class Supervisor:
         try:
             self.policy = load(self.rules)
         except RuleErrors as err:
-            for line in err.errors:
-                self.log.event("reload_error", level=logging.ERROR, error=line)
-            self.log.event("reload", level=logging.ERROR, status="failed",
-                           errors=len(err.errors), kept="previous rules")
+            log_failed_reload(self.log, err.errors)
             return
         self.log.event("reload", status="passed on", rules=self.rules,
                        rules_hash=self.policy.digest, workers=len(self.workers))

@@ -7,11 +7,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from policy_milter.engine import Engine, Session
 from policy_milter.rules.policy import Policy, load
 from policy_milter.services import Services
+from tests.support.postgres import Postgres
 from tests.support.redis import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +64,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server on a loopback port (it starts in milliseconds)."""
     with RedisServer(tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A private PostgreSQL cluster holding the test rules' tables in a postfixadmin
+    schema (tests/support/sqltables.py)."""
+    from tests.support.sqltables import fill  # it builds its rules from this module's
+
+    server = Postgres().start()
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        fill(conn.execute)
+    yield server
+    server.remove()

@@ -99,10 +99,14 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _workers(text: str) -> int:
+def parse_workers(text: str) -> int:
+    """A number of worker processes, 1 to 256, or auto (one per core)."""
     if text.lower() == "auto":
         return os.cpu_count() or 1
-    return _bounded(1, 256)(text)
+    count = int(text) if text.isdigit() else 0
+    if not 1 <= count <= 256:
+        raise ValueError(f"'{text}' is not a number of workers (1-256) or auto")
+    return count
 
 
 def _metrics_address(text: str) -> Address | None:
@@ -248,7 +252,7 @@ class Settings:
     # At most this many challenges per client address and per sender domain.
     challenge_limit: tuple[int, int] = _setting(parse_rate, "10/1h")
     # Processes serving the socket (auto: one per core); more than one needs a shared store.
-    workers: int = _setting(_workers, "1")
+    workers: int = _setting(parse_workers, "1")
     # Prometheus metrics at http://HOST:PORT/metrics (empty: off; needs prometheus_client).
     metrics: Address | None = _setting(_metrics_address, "")
     # Tables from SQL (TABLE = sql:NAME): seconds one query may take, connecting included;

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from tests.milter.conftest import MilterProcess, start_milter
@@ -15,16 +14,7 @@ from tests.milter.test_wire import replay
 from tests.support import golden
 from tests.support.golden import SESSIONS
 from tests.support.postgres import Postgres
-from tests.support.sqltables import fill, sql_rules
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres().start()
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        fill(conn.execute)
-    yield server
-    server.remove()
+from tests.support.sqltables import sql_rules
 
 
 @pytest.fixture(scope="module")

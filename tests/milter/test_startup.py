@@ -287,13 +287,8 @@ def test_the_start_is_logged_after_the_bind(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (TCP and UDP)."""
-    return free_port()
-
-
 def test_unreachable_services_are_warned_about_by_name(tmp_path: Path) -> None:
-    clamd, spamd, dns_port, smtp = (closed_port() for _ in range(4))
+    clamd, spamd, dns_port, smtp = (free_port() for _ in range(4))  # nothing listens
     store = tmp_path / "held"
     rules = copy_rules(tmp_path / "rules", clamd=f"tcp:127.0.0.1:{clamd}",
                        spamd=f"tcp:127.0.0.1:{spamd}", dns_nameservers="127.0.0.1",

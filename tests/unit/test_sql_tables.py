@@ -39,15 +39,6 @@ BACKENDS = ("postgresql", "sqlite")
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres().start()
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        fill(conn.execute)
-    yield server
-    server.remove()
-
-
-@pytest.fixture(scope="module")
 def urls(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     db = sqlite_database(tmp_path_factory.mktemp("sqlite") / "mail.db")
     return {"postgresql": postgres.url, "sqlite": f"sqlite:{db}"}
