@@ -91,9 +91,10 @@ class Address:
     def is_literal(self) -> bool:
         return self.domain.startswith("[")
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Lookup key: local parts compare case-insensitively in rule files."""
+        """Lookup key: local parts compare case-insensitively in rule files (kept: every
+        check of every recipient asks)."""
         local = self.local.lower()
         return f"{local}@{self.domain}" if self.domain else local
 
@@ -104,7 +105,7 @@ class Address:
             return self.local
         return self.local[: len(self.local) - len(self.extension) - 1]
 
-    @property
+    @functools.cached_property
     def mailbox_key(self) -> str:
         """The lookup key of the mailbox: ``user+tag@domain`` -> ``user@domain``."""
         if self.extension is None:
@@ -161,8 +162,12 @@ def check_balanced(text: str) -> bool:
     return not quoted and not stack
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_path(arg: str, *, null_ok: bool) -> Address:
-    """Parse a MAIL (``null_ok=True``) or RCPT argument, with or without angle brackets."""
+    """Parse a MAIL (``null_ok=True``) or RCPT argument, with or without angle brackets.
+
+    Cached (an Address never changes): the same recipients come back session after
+    session.  Refusals are not cached; they raise."""
     if _has_control(arg):
         raise AddressError("syntax", f"control character in path {arg!r}")
     if not check_balanced(arg):

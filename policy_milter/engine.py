@@ -206,10 +206,11 @@ class Engine:
 
 def _guarded(method: F) -> F:
     """Any unexpected error in a stage is logged and answered with a tempfail."""
+    stage = Stage(method.__name__)
+
     @functools.wraps(method)
     def wrapper(self: Session, *args: Any) -> Any:
         started = time.perf_counter()
-        stage = Stage(method.__name__)
         txn = self.txn  # the transaction end of message closes
         try:
             result = method(self, *args)
@@ -355,6 +356,7 @@ class Session:
                 mta_name: str = "") -> Decision:
         self.conn.mta_name = mta_name
         self.conn.client_addr = client_ip(address)
+        self.conn.client = str(self.conn.client_addr or "")
         self.conn.relay_client = contains(self.policy.settings.relay_networks,
                                           self.conn.client_addr)
         self.conn.client_name = "" if name.startswith("[") or name.lower() == "unknown" else name

@@ -26,6 +26,7 @@ from .rules.tables import Account, Domain, DomainKind, MailingList, Tables
 from .services.sql import SqlTable
 
 T = TypeVar("T")
+KNOWN_MAX = 4096  # arguments whose facts are kept; all are forgotten when it is reached
 
 
 class Role(Enum):
@@ -137,12 +138,29 @@ class Directory:
         self.tables = tables
         self.delimiters = delimiters
         self.sql = sql or {}
+        self._known: dict[tuple[str, bool], tuple[Any, ...]] = {}  # flat files only
 
     def resolve(self, given: str, parsed: Address, params: Mapping[str, str | None],
                 *, recipient: bool) -> Resolved:
-        """Every fact about one address; ``recipient`` adds what only a recipient has."""
+        """Every fact about one address; ``recipient`` adds what only a recipient has.
+
+        From flat files the facts of an argument never change, so they are kept (the
+        same recipients come back session after session); from SQL they are asked
+        each time, behind the table's own cache."""
         if parsed.is_null:
             return Resolved(given, parsed, params)
+        known = self._known if not self.sql else None
+        facts = known.get((given, recipient)) if known is not None else None
+        if facts is None:
+            facts = self._facts(parsed, recipient)
+            if known is not None:
+                if len(known) >= KNOWN_MAX:
+                    known.clear()
+                known[(given, recipient)] = facts
+        return Resolved(given, facts[0], params, *facts[1:])
+
+    def _facts(self, parsed: Address, recipient: bool) -> tuple[Any, ...]:
+        """Resolved's fields after ``params``, with the address split at the delimiter."""
         t = self.tables
         address = parsed.split(self.delimiters)
         keys = _keys(address)
@@ -151,15 +169,14 @@ class Directory:
             if address.route_domains else ()
         account = self._first("accounts", keys)
         if not recipient:
-            return Resolved(given, address, params, domain, account, routes)
+            return address, domain, account, routes
         relay_listed = True
         if domain is not None and domain.kind is DomainKind.RELAY:
             relay_listed = self._relay_listed(address.domain, keys)
         catchall = self.sql["aliases"].get(f"@{address.domain}") is not None \
             if "aliases" in self.sql else address.domain in t.catchall
-        return Resolved(given, address, params, domain, account, routes,
-                        self._first("aliases", keys), self._first("lists", keys),
-                        catchall, relay_listed)
+        return (address, domain, account, routes, self._first("aliases", keys),
+                self._first("lists", keys), catchall, relay_listed)
 
     def domain(self, name: str) -> Domain | None:
         """The domains-table entry of a canonical domain name: the name itself, then

@@ -108,7 +108,7 @@ class DecisionLog:
     def _session(self, conn: Connection, txn: Transaction | None) -> dict[str, Any]:
         return {
             "qid": txn.queue_id if txn else "",
-            "client": conn.client_addr or "",
+            "client": conn.client,
             "client_name": conn.client_name,
             "helo": conn.helo or "",
             "sender": _address(txn.sender) if txn else "",

@@ -23,6 +23,7 @@ class Connection:
     """What is known about the SMTP client for the whole session."""
 
     client_addr: IPAddress | None = None
+    client: str = ""  # client_addr as text, made once: the log and DNS names need it
     client_name: str = ""  # verified reverse name as the MTA reports it; '' when unknown
     relay_client: bool = False  # the address is in relay_networks (fixed for the session)
     listener: str = ""  # {daemon_name}: which MTA service the client came in on

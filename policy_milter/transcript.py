@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .log import DecisionLog
     from .model import Connection, Transaction
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per line
 MAX_RCPTS_CHARS = 60_000  # of the recipients' JSON; the rest are counted, not listed
 ABORTED = "abort"  # the transaction ended before end of message, unrefused
 
@@ -52,11 +53,11 @@ class Envelope:
         many did not fit (a cut list stays valid JSON)."""
         items = [[arg, ans, rule, *([list(params)] if params else [])]
                  for arg, params, ans, rule in self.rcpts]
-        text = json.dumps(items, separators=(",", ":"))
+        text = _JSON.encode(items)
         kept = len(items)
         while len(text) > MAX_RCPTS_CHARS and kept:
             kept = max(0, kept - max(1, kept // 10))
-            text = json.dumps(items[:kept], separators=(",", ":"))
+            text = _JSON.encode(items[:kept])
         return text, len(items) - kept
 
 

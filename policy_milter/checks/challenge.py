@@ -123,7 +123,7 @@ def _withheld(ctx: Context, store: ChallengeStore) -> str:
     if not store.known(txn.sender.key):
         if conn.client_addr is None:
             return "no client address to check SPF for"
-        result = ctx.live.spf.check(str(conn.client_addr), txn.sender.key, conn.helo or "")
+        result = ctx.live.spf.check(conn.client, txn.sender.key, conn.helo or "")
         if result != "pass":
             return f"SPF {result} for {txn.sender.address.domain} from {conn.client_addr}"
     count, window = settings.challenge_limit

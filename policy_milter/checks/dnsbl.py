@@ -46,7 +46,7 @@ def queries(ctx: Context, zone: Zone, targets: frozenset[str] = ALL_TARGETS) -> 
     conn, found = ctx.conn, []
     wanted = zone.targets & targets
     if "client" in wanted and conn.client_addr is not None:
-        found.append(list_query(str(conn.client_addr), zone.zone))
+        found.append(list_query(conn.client, zone.zone))
     if "ptr" in wanted and (name := _domain(conn.client_name)):
         found.append(f"{name}.{zone.zone}")
     if "helo" in wanted and (name := _domain(conn.helo)):

@@ -29,7 +29,7 @@ def prefetch(ctx: Context) -> None:
     addr = ctx.conn.client_addr
     if ctx.settings.rdns == "off" or addr is None:
         return
-    ptr = ctx.lookup(reverse_name(str(addr)), "PTR")
+    ptr = ctx.lookup(reverse_name(ctx.conn.client), "PTR")
     if ctx.settings.rdns == "forward-confirmed":
         rdtype = _forward_type(ctx)
 
@@ -46,7 +46,7 @@ def check(ctx: Context) -> Decision | None:
         return None
     where = ctx.policy.where["rdns"]
     deadline = time.monotonic() + ctx.settings.dns_budget
-    names = collect(ctx.lookup(reverse_name(str(addr)), "PTR"), deadline).records
+    names = collect(ctx.lookup(reverse_name(ctx.conn.client), "PTR"), deadline).records
     if not names:
         return reject("not_allowed_to_send", CHECK, where, f"no PTR record for {addr}")
     generic = [n for n in names if contains(ctx.settings.rdns_generic_names, n)]

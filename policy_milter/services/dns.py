@@ -117,8 +117,9 @@ class DnsResolver:
             self._resolver.nameservers = list(config.nameservers)
             self._resolver.port = config.port
         self._resolver.cache = None  # ours clamps TTLs; dnspython's does not
-        self._cache: TLRUCache[Key, Answer] = TLRUCache(
-            config.cache_size, ttu=lambda _k, answer, now: now + answer.ttl, timer=clock)
+        # The finished lookups themselves: a hit hands out the same done future
+        self._cache: TLRUCache[Key, Future[Answer]] = TLRUCache(
+            config.cache_size, ttu=lambda _k, done, now: now + done.result().ttl, timer=clock)
         self._inflight: dict[Key, Future[Answer]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dns")
@@ -129,9 +130,7 @@ class DnsResolver:
             cached = self._cache.get(k)
             if cached is not None:
                 self.metrics.dns("hit")
-                done: Future[Answer] = Future()
-                done.set_result(cached)
-                return done
+                return cached
             running = self._inflight.get(k)
             if running is not None:
                 self.metrics.dns("joined")
@@ -147,7 +146,7 @@ class DnsResolver:
         has none, and asking it for its exception would raise."""
         with self._lock:
             if not future.cancelled() and future.exception() is None:
-                self._cache[k] = future.result()
+                self._cache[k] = future
             self._inflight.pop(k, None)
 
     def _clamp(self, ttl: int) -> int:
