@@ -1,14 +1,16 @@
 """Throughput through a real Postfix: smtp-source -> private Postfix -> smtp-sink.
 
     .venv/bin/python contrib/bench/postfix_throughput.py [--messages 400] [--rounds 3]
-                                                         [--scanners] [--json FILE]
+                                                         [--scanners] [--workers N]
+                                                         [--json FILE]
 
 Configurations, run interleaved, --rounds times each, medians reported:
   a. Postfix with no milter;
   b. Postfix with a null pymilter milter negotiating the same callbacks as (c);
   c. Postfix with policy-milter on the shipped rules plus 300 access entries, reverse
      DNS and a DNS list answered on loopback with no delay (dnsmasq, rbldnsd);
-  d. as (c) with clamd and spamd scanning every message (--scanners; slow).
+  d. as (c) with clamd and spamd scanning every message (--scanners; slow);
+  e. as (c) with N worker processes (--workers N).
 Each at concurrency 1, 10 and 32, with 1 KB and 50 KB messages, over a unix socket
 and, for (b) and (c) at 1 KB, over TCP too.  The client (smtp-source, 127.0.0.1) is
 outside policy-milter's relay networks, so every check runs.  Figures: messages
@@ -16,13 +18,18 @@ delivered to smtp-sink per second, from the first connection to the last deliver
 the CPU time per message of the milter's processes and of all the Postfix instance's
 processes (its master and every child, ended ones included), from /proc before and
 after each run: on a machine whose throughput swings from run to run, the figure a
-ratio can be trusted on.
+ratio can be trusted on.  A last table says what the CPU budget allows: with the CPU
+per message of everything that shares the cores (Postfix, the milter, smtp-source and
+smtp-sink), the policy/none ratio the machine could reach were its cores the limit, beside
+the ratio measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,13 +67,16 @@ def policy_rules(work: Path, dns_port: int, name: str, **settings: str) -> Path:
     return rules
 
 
-def run_once(postfix: PostfixInstance, milter: int | None, sink_dir: Path, messages: int,
-             sessions: int, size: int) -> dict[str, float]:
+def run_once(postfix: PostfixInstance, milter: int | None, sink: tuple[Path, int],
+             messages: int, sessions: int, size: int) -> dict[str, float]:
     """Messages per second from the first connection to the last delivery, and the CPU
-    ms per message of the milter and of Postfix."""
+    ms per message of the milter, of Postfix, and of the client and sink that share the
+    machine's cores with them."""
+    sink_dir, sink_pid = sink
     before = len(list(sink_dir.iterdir()))
     master = postfix.master_pid or 0
-    cpu = (cpu_seconds(milter) if milter else 0.0, cpu_seconds(master, reaped=True))
+    cpu = (cpu_seconds(milter) if milter else 0.0, cpu_seconds(master, reaped=True),
+           _children_cpu() + cpu_seconds(sink_pid))
     started = time.perf_counter()
     subprocess.run(["/usr/sbin/smtp-source", "-c", "-l", str(size), "-m", str(messages),
                     "-s", str(sessions), "-f", "bench@sender.example",
@@ -81,7 +91,14 @@ def run_once(postfix: PostfixInstance, milter: int | None, sink_dir: Path, messa
     rate = messages / (time.perf_counter() - started)
     return {"per_s": rate,
             "milter_ms": ((cpu_seconds(milter) if milter else 0.0) - cpu[0]) / messages * 1000,
-            "postfix_ms": (cpu_seconds(master, reaped=True) - cpu[1]) / messages * 1000}
+            "postfix_ms": (cpu_seconds(master, reaped=True) - cpu[1]) / messages * 1000,
+            "client_ms": (_children_cpu() + cpu_seconds(sink_pid) - cpu[2]) / messages * 1000}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the ended children: smtp-source, each run waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -89,6 +106,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scanners", action="store_true")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="also run policy-milter with this many workers (e)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="postfix-bench-"))
@@ -115,14 +134,15 @@ def main() -> int:
             sink_dir.mkdir()
             sink_dir.chmod(0o777)  # smtp-sink writes as postfix
             sink_port = free_port()
-            stack.enter_context(process(["/usr/sbin/smtp-sink", "-u", "postfix", "-d",
-                                            f"{sink_dir}/%M.", f"127.0.0.1:{sink_port}", "256"]))
+            sink_pid = stack.enter_context(process(["/usr/sbin/smtp-sink", "-u", "postfix", "-d",
+                                            f"{sink_dir}/%M.", f"127.0.0.1:{sink_port}", "256"])).pid
             # Over a unix socket Postfix uses contrib's smtpd_milters as written, the milter
             # listening in its queue directory (smtpd's chroot); over TCP, and with no milter,
             # the services override it.
             postfixes = {}
             for label in ("none", "null/unix", "null/inet", "policy/unix", "policy/inet",
-                          *(("scanners/unix",) if args.scanners else ())):
+                          *(("scanners/unix",) if args.scanners else ()),
+                          *(("workers/unix",) if args.workers else ())):
                 name, _, transport = label.partition("/")
                 port = free_port()
                 postfix = PostfixInstance(
@@ -136,7 +156,9 @@ def main() -> int:
                     sock = postfix.milter_directory / "milter.sock"
                     spec = f"unix:{sock}" if transport == "unix" else f"inet:{port}@127.0.0.1"
                     command = null_milter(spec, *null_args) if name == "null" else policy_milter(
-                        rules[name], spec, work / f"{name}-{transport}.log")
+                        rules.get(name, rules["policy"]), spec, work / f"{name}-{transport}.log")
+                    if name == "workers":
+                        command += ["--workers", str(args.workers)]
                     milters[label] = stack.enter_context(
                         process(command, sock if transport == "unix" else None)).pid
                     if transport == "inet":
@@ -150,12 +172,13 @@ def main() -> int:
                                 continue
                             key = f"{label}|{size_name}|{c}"
                             results.setdefault(key, []).append(run_once(
-                                postfix, milters.get(label), sink_dir, args.messages, c, size))
+                                postfix, milters.get(label), (sink_dir, sink_pid), args.messages,
+                                c, size))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = {k: statistics.median(r["per_s"] for r in v) for k, v in results.items()}
-    cpu = {k: {f: statistics.median(r[f] for r in v) for f in ("milter_ms", "postfix_ms")}
-           for k, v in results.items()}
+    cpu = {k: {f: statistics.median(r[f] for r in v)
+               for f in ("milter_ms", "postfix_ms", "client_ms")} for k, v in results.items()}
     spread = {k: {f: (min(r[f] for r in v), max(r[f] for r in v))
                   for f in ("milter_ms", "postfix_ms")} for k, v in results.items()}
     print(f"through Postfix, {args.messages} messages per run, median of {args.rounds} rounds "
@@ -192,6 +215,28 @@ def main() -> int:
                   f"{cell(null, 'milter_ms')} | {cell(null, 'postfix_ms')} | "
                   f"{cell(pol, 'milter_ms')} | {cell(pol, 'postfix_ms')} | "
                   f"{cpu[pol]['milter_ms'] / cpu[null]['milter_ms']:.2f} |")
+    cores = os.cpu_count() or 1
+    print(f"\nWhat the CPU budget allows ({cores} cores): total CPU ms per message (Postfix, "
+          "milter, smtp-source and smtp-sink); the share of the cores Postfix alone kept busy; "
+          "the policy/none ratio if every core were busy (capped at 1); the measured ratio")
+    print("| size | concurrency | milter | no milter CPU ms | with the milter CPU ms | no "
+          "milter: cores busy | allowed against none | measured | measured / allowed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size_name in SIZES:
+        for c in CONCURRENCY:
+            none = f"none|{size_name}|{c}"
+            t_none = sum(cpu[none].values())
+            busy = table[none] * t_none / 1000 / cores
+            for label in ("policy/unix", "workers/unix"):
+                pol = f"{label}|{size_name}|{c}"
+                if pol not in table:
+                    continue
+                t_pol = sum(cpu[pol].values())
+                allowed = min(1.0, cores * 1000 / t_pol / table[none])
+                measured = table[pol] / table[none]
+                print(f"| {size_name} | {c} | {label.split('/')[0]} | {t_none:.2f} | "
+                      f"{t_pol:.2f} | {busy:.0%} | {allowed:.2f} | {measured:.2f} | "
+                      f"{measured / allowed:.2f} |")
     if args.json:
         args.json.write_text(json.dumps({"per_s": table, "cpu": cpu}, indent=2) + "\n")
     return 0

@@ -626,3 +626,15 @@ def test_parse_esmtp_params_rejects(params):
 ])
 def test_declared_size(params, size):
     assert declared_size(parse_esmtp_params(params)) == size
+
+
+def test_a_parsed_path_is_kept_and_a_refused_one_refused_again() -> None:
+    """Parsed paths are kept (an Address never changes); a refusal raises every time."""
+    assert parse_path("<Kept@Example.COM>", null_ok=False) is parse_path(
+        "<Kept@Example.COM>", null_ok=False)
+    for _ in range(2):
+        with pytest.raises(AddressError):
+            parse_path("<kept@@example.com>", null_ok=False)
+    assert parse_path("<>", null_ok=True).is_null
+    with pytest.raises(AddressError):
+        parse_path("<>", null_ok=False)

@@ -255,3 +255,59 @@ def test_a_sender_gets_no_recipient_facts(fixture_policy: Policy) -> None:
     r = resolve(fixture_policy, "<abuse@example.com>", recipient=False)
     assert r.alias is None and r.account is None  # type: ignore[attr-defined]
     assert resolve(fixture_policy, "<abuse@example.com>").alias  # type: ignore[attr-defined]
+
+
+def test_kept_facts_never_mix_senders_recipients_or_commands(fixture_policy: Policy) -> None:
+    """The facts of an argument are kept per directory: asked again, each command still
+    gets an object of its own with its own parameters, and an argument first seen as a
+    sender still gets every recipient fact as a recipient (and the other way round)."""
+    directory = Directory(fixture_policy.tables, fixture_policy.settings.recipient_delimiter)
+
+    def ask(text: str, recipient: bool, params: dict[str, str | None]) -> Resolved:
+        return directory.resolve(text, parse_path(text, null_ok=True), params,
+                                 recipient=recipient)
+
+    as_sender = ask("<abuse+x@example.com>", False, {})
+    first = ask("<abuse+x@example.com>", True, {"NOTIFY": "NEVER"})
+    again = ask("<abuse+x@example.com>", True, {})
+    assert as_sender.alias is None and first.alias and again.alias == first.alias
+    assert again is not first and (first.params, again.params) == ({"NOTIFY": "NEVER"}, {})
+    assert ask("<abuse+x@example.com>", False, {}).alias is None
+    assert again.mailbox == first.mailbox == "abuse@example.com"
+
+
+def test_kept_facts_are_bounded(fixture_policy: Policy, monkeypatch: pytest.MonkeyPatch
+                                ) -> None:
+    monkeypatch.setattr("policy_milter.envelope.KNOWN_MAX", 8)
+    directory = Directory(fixture_policy.tables, fixture_policy.settings.recipient_delimiter)
+    for n in range(50):
+        text = f"<user{n}@example.com>"
+        r = directory.resolve(text, parse_path(text, null_ok=False), {}, recipient=True)
+        assert r.key == f"user{n}@example.com"
+        assert len(directory._known) <= 8
+
+
+class _ChangingAccounts:
+    """An accounts table from SQL whose answer the test changes between two commands."""
+
+    def __init__(self) -> None:
+        self.account: object = None
+        self.asked = 0
+
+    def first(self, keys: tuple[str, ...]) -> object:
+        self.asked += 1
+        return self.account
+
+
+def test_facts_from_sql_are_asked_every_time(fixture_policy: Policy) -> None:
+    """A table from SQL has its own cache with its own TTL: the directory keeps nothing
+    of it, so a row added in the database counts as soon as that cache lets it."""
+    accounts = _ChangingAccounts()
+    directory = Directory(fixture_policy.tables, fixture_policy.settings.recipient_delimiter,
+                          {"accounts": accounts})  # type: ignore[dict-item]
+    text = "<new@example.com>"
+    before = directory.resolve(text, parse_path(text, null_ok=False), {}, recipient=True)
+    accounts.account = fixture_policy.tables.accounts["carol@example.com"]
+    after = directory.resolve(text, parse_path(text, null_ok=False), {}, recipient=True)
+    assert before.account is None and after.account is accounts.account
+    assert accounts.asked == 2
