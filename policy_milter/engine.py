@@ -253,10 +253,13 @@ class Session:
         return Context(self.policy, self.services, self.plan.live, self.log, self.conn,
                        self.txn, bypass=bypass, **state)
 
-    def _prefetch(self, stage: Stage) -> None:
-        """Start the slow lookups the later stages will need; a failure here only logs."""
+    def _prefetch(self, stage: Stage, ctx: Context | None = None) -> None:
+        """Start the slow lookups the later stages will need; a failure here only logs.
+        ``ctx``: the stage's own evaluation, when its checks follow (the lookups change
+        nothing in it but the connection's table of lookups)."""
         starts = self.plan.prefetch[stage]
-        ctx = self._context() if starts else None
+        if starts and ctx is None:
+            ctx = self._context()
         for start in starts:
             try:
                 start(ctx)  # type: ignore[arg-type]
@@ -376,8 +379,9 @@ class Session:
         self.conn.tls = tls
         self.conn.helo_count += 1
         self.conn.helo = name
-        self._prefetch(Stage.HELO)
-        return self._run(Stage.HELO, self._context(), started)
+        ctx = self._context()
+        self._prefetch(Stage.HELO, ctx)
+        return self._run(Stage.HELO, ctx, started)
 
     @_guarded
     def mail(self, arg: str, params: Sequence[str], auth_login: str, queue_id: str) -> Decision:
@@ -396,8 +400,8 @@ class Session:
         except TableError as err:
             return self._stopped(Stage.MAIL, self._unreadable(err), started)
         self.txn = Transaction(sender, declared, queue_id, account, account_domain)
-        self._prefetch(Stage.MAIL)
         ctx = self._context()
+        self._prefetch(Stage.MAIL, ctx)
         decision = self._run(Stage.MAIL, ctx, started)
         if decision.stops:
             self.txn = None
