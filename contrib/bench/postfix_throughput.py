@@ -209,12 +209,12 @@ def main() -> int:
 
     for size_name in SIZES:
         for c in CONCURRENCY:
-            none, null, pol = (f"{x}|{size_name}|{c}" for x in ("none", "null/unix",
-                                                                  "policy/unix"))
-            print(f"| {size_name} | {c} | {cell(none, 'postfix_ms')} | "
-                  f"{cell(null, 'milter_ms')} | {cell(null, 'postfix_ms')} | "
-                  f"{cell(pol, 'milter_ms')} | {cell(pol, 'postfix_ms')} | "
-                  f"{cpu[pol]['milter_ms'] / cpu[null]['milter_ms']:.2f} |")
+            alone, with_null, with_policy = (f"{x}|{size_name}|{c}" for x in (
+                "none", "null/unix", "policy/unix"))
+            print(f"| {size_name} | {c} | {cell(alone, 'postfix_ms')} | "
+                  f"{cell(with_null, 'milter_ms')} | {cell(with_null, 'postfix_ms')} | "
+                  f"{cell(with_policy, 'milter_ms')} | {cell(with_policy, 'postfix_ms')} | "
+                  f"{cpu[with_policy]['milter_ms'] / cpu[with_null]['milter_ms']:.2f} |")
     cores = os.cpu_count() or 1
     print(f"\nWhat the CPU budget allows ({cores} cores): total CPU ms per message (Postfix, "
           "milter, smtp-source and smtp-sink); the share of the cores Postfix alone kept busy; "
@@ -224,16 +224,16 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for size_name in SIZES:
         for c in CONCURRENCY:
-            none = f"none|{size_name}|{c}"
-            t_none = sum(cpu[none].values())
-            busy = table[none] * t_none / 1000 / cores
+            alone = f"none|{size_name}|{c}"
+            t_none = sum(cpu[alone].values())
+            busy = table[alone] * t_none / 1000 / cores
             for label in ("policy/unix", "workers/unix"):
-                pol = f"{label}|{size_name}|{c}"
-                if pol not in table:
+                with_milter = f"{label}|{size_name}|{c}"
+                if with_milter not in table:
                     continue
-                t_pol = sum(cpu[pol].values())
-                allowed = min(1.0, cores * 1000 / t_pol / table[none])
-                measured = table[pol] / table[none]
+                t_pol = sum(cpu[with_milter].values())
+                allowed = min(1.0, cores * 1000 / t_pol / table[alone])
+                measured = table[with_milter] / table[alone]
                 print(f"| {size_name} | {c} | {label.split('/')[0]} | {t_none:.2f} | "
                       f"{t_pol:.2f} | {busy:.0%} | {allowed:.2f} | {measured:.2f} | "
                       f"{measured / allowed:.2f} |")

@@ -144,7 +144,7 @@ def entry_of(reply: Reply) -> str:
     for name, e in catalogue.ENTRIES.items():
         if (reply.code, reply.enhanced, reply.text) == (e.code, e.enhanced, e.text):
             return name
-    return f"{reply.action} {reply.line()}"
+    return f"{reply.action} {reply.line}"
 
 
 def play(address: str, kind: Kind) -> str:
