@@ -162,12 +162,8 @@ def check_balanced(text: str) -> bool:
     return not quoted and not stack
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_path(arg: str, *, null_ok: bool) -> Address:
-    """Parse a MAIL (``null_ok=True``) or RCPT argument, with or without angle brackets.
-
-    Cached (an Address never changes): the same recipients come back session after
-    session.  Refusals are not cached; they raise."""
+    """Parse a MAIL (``null_ok=True``) or RCPT argument, with or without angle brackets."""
     if _has_control(arg):
         raise AddressError("syntax", f"control character in path {arg!r}")
     if not check_balanced(arg):

@@ -316,7 +316,7 @@ class Session:
 
     def _failed(self, check: Check, err: DependencyError) -> Decision | None:
         settings, where = self.policy.settings, self.policy.where
-        setting = check.failure if getattr(settings, check.failure) else "failure_action"
+        setting = settings.failure_setting(check.failure)
         action = settings.failure(check.failure)
         self.log.dependency_failure(check.name, err.service, self.conn, self.txn, str(err),
                                     action, where[setting])

@@ -15,7 +15,8 @@ parent), and its rows read as the flat file's lines: the answers are the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ from .rules.tables import Account, Domain, DomainKind, MailingList, Tables
 from .services.sql import SqlTable
 
 T = TypeVar("T")
-KNOWN_MAX = 4096  # arguments whose facts are kept; all are forgotten when it is reached
+KNOWN_MAX = 4096  # addresses whose facts from flat files are kept, the least used dropped
 
 
 class Role(Enum):
@@ -138,7 +139,8 @@ class Directory:
         self.tables = tables
         self.delimiters = delimiters
         self.sql = sql or {}
-        self._known: dict[tuple[str, bool], tuple[Any, ...]] = {}  # flat files only
+        self._kept: Callable[[Address, bool], tuple[Any, ...]] = \
+            self._facts if self.sql else functools.lru_cache(KNOWN_MAX)(self._facts)
 
     def resolve(self, given: str, parsed: Address, params: Mapping[str, str | None],
                 *, recipient: bool) -> Resolved:
@@ -149,14 +151,7 @@ class Directory:
         each time, behind the table's own cache."""
         if parsed.is_null:
             return Resolved(given, parsed, params)
-        known = self._known if not self.sql else None
-        facts = known.get((given, recipient)) if known is not None else None
-        if facts is None:
-            facts = self._facts(parsed, recipient)
-            if known is not None:
-                if len(known) >= KNOWN_MAX:
-                    known.clear()
-                known[(given, recipient)] = facts
+        facts = self._kept(parsed, recipient)
         return Resolved(given, facts[0], params, *facts[1:])
 
     def _facts(self, parsed: Address, recipient: bool) -> tuple[Any, ...]:

@@ -3,14 +3,16 @@
 A (client network, sender, recipient) triplet seen for the first time is told to retry;
 a retry after ``delay`` and within ``retry_window`` of the first attempt passes, and the
 triplet is then remembered for ``expire`` after its last pass.  A client network whose
-triplets pass ``auto_allow`` times within ``expire`` is allow-listed and no longer
-greylisted.  Every step is a state-store entry, so several MX hosts on one Redis share
-them: a sender that retries through another MX is not greylisted again.
+triplets pass ``auto_allow`` times within ``expire`` (at most MAX_PERIOD, 7 days: the
+stores keep counts no longer) is allow-listed and no longer greylisted.  Every step is a
+state-store entry, so several MX hosts on one Redis share them: a sender that retries
+through another MX is not greylisted again.
 
 Entries: ``greylist:triplet:NET<TAB>SENDER<TAB>RECIPIENT`` = ``pending FIRST`` or
 ``passed FIRST LAST``; ``greylist:client:NET`` = ``auto WHEN`` or ``admin WHEN``; the
-pass counter is ``greylist:passes:NET``.  The admin's ``policy-milter greylist`` lists,
-allows and drops them (``admin`` below).
+pass counter is ``greylist:passes:NET``.  NET is always the client's network in the
+greylist's prefix (``network``), whether the milter or the admin names it.  The admin's
+``policy-milter greylist`` lists, allows and drops them (``admin`` below).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import TYPE_CHECKING
 
+from . import patterns
+from .addresses import client_ip
 from .services.errors import DependencyError
 from .services.factory import open_state
-from .services.state import FOREVER, StateStore
+from .services.state import FOREVER, MAX_PERIOD, StateStore
 from .services.state.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -62,6 +66,8 @@ class Greylist:
         self.window = settings.greylist_retry_window
         self.expire = settings.greylist_expire
         self.auto_allow = settings.greylist_auto_allow
+        # Passes are counters, and no store keeps a count longer than MAX_PERIOD.
+        self.auto_allow_window = min(self.expire, MAX_PERIOD)
         self.prefixes = settings.greylist_ipv4_prefix, settings.greylist_ipv6_prefix
 
     def network(self, client: IPv4Address | IPv6Address) -> str:
@@ -75,28 +81,32 @@ class Greylist:
         if allowed is not None:
             return Verdict(True, f"client {net} allow-listed ({allowed.split()[0]})")
         key = TRIPLET + SEP.join((net, sender or "<>", recipient))
-        kind, first, *_ = self.state.add(key, f"pending {now!r}", self.window).split()
+        pending = f"pending {now!r}"
+        stored = self.state.add(key, pending, self.window)
+        kind, first, *_ = stored.split()
         triplet = f"triplet {net} <{sender}> <{recipient}>"
         if kind == "passed":
-            self.state.put(key, f"passed {first} {now!r}", self.expire)
-            self._passed(net, now)
-            return Verdict(True, f"{triplet} passed before")
-        may_pass = float(first) + self.delay
-        if now < may_pass:
-            seen = "first seen" if float(first) == now else f"first seen {stamp(float(first))}"
-            return Verdict(False, f"{triplet} {seen}; may pass from {stamp(may_pass)} "
-                                  f"(in {may_pass - now:.0f} s, until "
-                                  f"{stamp(float(first) + self.window)})")
+            how = "passed before"
+        else:
+            may_pass = float(first) + self.delay
+            if now < may_pass:
+                # ``add`` returns the very string it was given when it stored it: an equal
+                # one read back is another attempt's, made in the same instant.
+                seen = "first seen" if stored is pending else f"first seen {stamp(float(first))}"
+                return Verdict(False, f"{triplet} {seen}; may pass from {stamp(may_pass)} "
+                                      f"(in {may_pass - now:.0f} s, until "
+                                      f"{stamp(float(first) + self.window)})")
+            how = f"retried after {now - float(first):.0f} s"
         self.state.put(key, f"passed {first} {now!r}", self.expire)
         self._passed(net, now)
-        return Verdict(True, f"{triplet} retried after {now - float(first):.0f} s")
+        return Verdict(True, f"{triplet} {how}")
 
     def _passed(self, net: str, now: float) -> None:
         """Count the pass; a network that passes often is allow-listed."""
         if not self.auto_allow:
             return
         self.state.record(PASSES + net, 1)
-        if self.state.total(PASSES + net, self.expire) >= self.auto_allow:
+        if self.state.total(PASSES + net, self.auto_allow_window) >= self.auto_allow:
             self.state.put(CLIENT + net, f"auto {now!r}", self.expire)
 
     def allow(self, client: str, now: float | None = None) -> str:
@@ -129,10 +139,23 @@ class Greylist:
         return out
 
     def _parse(self, client: str) -> str:
-        """An address or a network, as the greylist's network of it (ValueError if neither)."""
-        if "/" in client:
-            return str(ip_network(client, strict=False))
-        return self.network(ip_address(client))
+        """An address, or a block in the greylist's prefix, as the key ``check`` looks up:
+        read as the milter reads a client (brackets dropped, IPv4-mapped IPv6 as IPv4).
+        ValueError if it is neither, or a block of another prefix (it would never match)."""
+        if "/" not in client:
+            address = client_ip(client)
+            if address is None:
+                raise ValueError(f"'{client}' does not appear to be an IPv4 or IPv6 address "
+                                 "or network")
+            return self.network(address)
+        block = patterns.network(client)  # a PatternError is a ValueError
+        prefix = self.prefixes[0] if block.version == 4 else self.prefixes[1]
+        if block.prefixlen != prefix:
+            raise ValueError(f"'{client}' is a /{block.prefixlen}, but the greylist groups "
+                             f"IPv{block.version} clients by /{prefix} "
+                             f"(greylist_ipv{block.version}_prefix): give an address or a "
+                             f"/{prefix} block")
+        return self.network(block.network_address)
 
 
 EXIT_USAGE, EXIT_RUNTIME = 2, 3  # as in cli.py

@@ -23,6 +23,10 @@ _SIMPLE = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
 _SYSLOG_STAMP = re.compile(r"^(\w{3}) +(\d+) (\d\d:\d\d:\d\d) ")
 _ISO_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(Z|[+-]\d\d:?\d\d)? ")
 
+# The answers that told the client no (an ``action`` or ``result`` value); a discard is
+# not one: the client was told the mail was taken.  report and replay both count by it.
+REFUSALS = frozenset({"reject", "tempfail"})
+
 
 def unquote(text: str) -> str:
     """A logfmt value as log.quote wrote it."""

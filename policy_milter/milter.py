@@ -241,8 +241,19 @@ def open_socket(address: Address, socket_mode: int, name: str = "policy-milter")
                           f"{listen.why_not(address)}") from None
     if address.family == "unix":
         os.chmod(address.path, socket_mode)
-    [listening] = _sockets() - before  # libmilter does not say which it opened
+    # libmilter does not say which it opened; another thread (a redelivery) may be opening
+    # sockets of its own meanwhile, but none that listens
+    [listening] = [fd for fd in _sockets() - before if _listens(fd)]
     return listening
+
+
+def _listens(fd: int) -> bool:
+    """Whether the socket descriptor ``fd`` is a listening one (False once it is closed)."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 def _sockets() -> set[int]:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .rules.lint import Finding, position, setting_at, size
 from .rules.policy import Policy
-from .rules.source import Line
+from .rules.source import PERIOD_UNITS, Line
 
 # Postfix 3.x's defaults of what is checked here.
 DEFAULTS = {
@@ -80,7 +80,7 @@ _TAKES_ARGUMENT = re.compile(r"check_\w+|(reject|permit)_(rbl|rhsbl|dnswl|rhswl)
 _HARMLESS_MAP = re.compile(r"static:(ok|dunno|permit)", re.IGNORECASE)
 _REFERENCE = re.compile(r"\$(?:\{(\w+)\}|\((\w+)\)|(\w+))")
 _TIME = re.compile(r"(\d+)([smhdw]?)")
-_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_UNITS = {"": 1, **PERIOD_UNITS, "w": 604800}
 _PARAMETER = re.compile(r"([A-Za-z0-9_]+)\s*=\s*(.*)", re.S)
 _WILDCARDS = {"0.0.0.0": {"127.0.0.1"}, "::": {"::1"}}
 
@@ -289,7 +289,7 @@ def postfix_form(milter: Endpoint, queue: str) -> str:
     if milter.kind == "unix":
         inside = os.path.commonpath([milter.path, queue]) == os.path.normpath(queue)
         return f"unix:{os.path.relpath(milter.path, queue) if inside else milter.path}"
-    host = "127.0.0.1" if milter.host in ("0.0.0.0", "::") else milter.host
+    host = min(_WILDCARDS.get(milter.host, {milter.host}))
     return f"inet:{f'[{host}]' if ':' in host else host}:{milter.port}"
 
 
@@ -444,17 +444,25 @@ def _limits(config: Config, policy: Policy, service: Service | None) -> Iterator
     """Postfix's size and recipient limits answer before the milter's: they must stay
     above the rules' (of the listener this service is, by milter_macro_daemon_name)."""
     s, t = policy.settings, policy.tables
+
+    def applies(value: int, setting: str) -> bool:
+        """A table's limit above the server's never applies (lint says so): only the
+        limits that can refuse count here."""
+        server: int = getattr(s, setting)
+        return not server or value <= server
+
     listener = t.listeners.get(config.get("milter_macro_daemon_name", service).text.lower())
     sizes = [(s.max_message_size, f"max_message_size = {size(s.max_message_size)} "
                                   f"({setting_at(policy, 'max_message_size')})")]
     sizes += [(getattr(o.limits, a), f"{a}={size(getattr(o.limits, a))} ({o.where})")
-              for o in t.limited() for a in ("max_size", "max_receive_size")]
-    if listener is not None:
+              for o in t.limited() for a in ("max_size", "max_receive_size")
+              if applies(getattr(o.limits, a), "max_message_size")]
+    if listener is not None and applies(listener.max_size, "max_message_size"):
         sizes.append((listener.max_size, f"max_size={size(listener.max_size)} ({listener.where})"))
     counts = [(s.max_recipients, f"max_recipients = {s.max_recipients} "
                                  f"({setting_at(policy, 'max_recipients')})")]
     counts += [(o.limits.max_recipients, f"max_recipients={o.limits.max_recipients} ({o.where})")
-               for o in t.limited()]
+               for o in t.limited() if applies(o.limits.max_recipients, "max_recipients")]
     for name, rules, reply in (
             ("message_size_limit", sizes, '"552 5.3.4 Message size exceeds fixed limit"'),
             ("smtpd_recipient_limit", counts, '"452 4.5.3 Error: too many recipients"')):

@@ -34,12 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from milter_alone import CLIENTS, policy_rules  # noqa: E402
+from harness import dns_servers  # noqa: E402
+from milter_alone import CLIENT_PTRS, CLIENTS, policy_rules  # noqa: E402
 
 from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.log import DecisionLog, configure  # noqa: E402
 from policy_milter.rules.policy import load  # noqa: E402
-from tests.support.dnsservers import Dnsmasq, Rbldnsd  # noqa: E402
 
 RECIPIENTS = ("<postmaster@example.com>", "<abuse@example.com>", "<postmaster+x@example.com>")
 
@@ -108,12 +108,7 @@ def main() -> int:
     times: dict[str, list[float]] = {name: [] for name in variants}
     try:
         with ExitStack() as stack:
-            rbl = stack.enter_context(Rbldnsd(work / "rbl", {
-                "bl.test": ("ip4set", ":127.0.0.2:listed\n203.0.113.0/24\n")}))
-            dns = stack.enter_context(Dnsmasq(
-                work / "dns", ptr_records=[(ip, f"mx{i}.sender.test")
-                                           for i, ip in enumerate(CLIENTS)],
-                forward={"bl.test": rbl.port}))
+            dns = dns_servers(stack, work, CLIENT_PTRS)
             logger = configure(f"file:{work / 'milter.log'}")
             engine = Engine(load(policy_rules(work, dns.port)), log=DecisionLog(logger))
             in_one_thread(engine, 1000)  # warm-up: every DNS answer cached

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from tests.support.dnsservers import Dnsmasq, Rbldnsd  # the importer puts the repository first
 
 REPO = Path(__file__).resolve().parents[2]
 NULL_MILTER = REPO / "contrib" / "bench" / "nullmilter.py"
@@ -32,10 +34,21 @@ def process(command: list[str], ready: Path | None = None) -> Iterator[subproces
         proc.wait()
 
 
-def policy_milter(rules: Path, socket: str, log: Path) -> list[str]:
+def policy_milter(rules: Path, socket: str, log: Path, workers: int = 1) -> list[str]:
     """The command line of policy-milter serving ``rules`` on ``socket``."""
     return [sys.executable, "-m", "policy_milter.cli", "run", "--rules", str(rules),
-            "--socket", socket, "--socket-mode", "666", "--log", f"file:{log}"]
+            "--socket", socket, "--socket-mode", "666", "--log", f"file:{log}",
+            *(["--workers", str(workers)] if workers > 1 else [])]
+
+
+def dns_servers(stack: ExitStack, work: Path, ptr_records: list[tuple[str, str]]) -> Dnsmasq:
+    """For the block of ``stack``: rbldnsd serving the DNS list bl.test (127.0.0.2 for
+    203.0.113.0/24), and dnsmasq answering ``ptr_records`` and forwarding bl.test to it:
+    the resolver the benchmarks' rules name."""
+    rbl = stack.enter_context(Rbldnsd(work / "rbl", {
+        "bl.test": ("ip4set", ":127.0.0.2:listed\n203.0.113.0/24\n")}))
+    return stack.enter_context(Dnsmasq(work / "dns", ptr_records=ptr_records,
+                                       forward={"bl.test": rbl.port}))
 
 
 def null_milter(socket: str, callbacks: str, noreply: str) -> list[str]:

@@ -38,17 +38,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from harness import cpu_seconds, null_milter, policy_milter, process  # noqa: E402
+from harness import cpu_seconds, dns_servers, null_milter, policy_milter, process  # noqa: E402
 
 from policy_milter.engine import Engine  # noqa: E402
 from policy_milter.mtaclient import MilterClient  # noqa: E402
 from policy_milter.rules.policy import load  # noqa: E402
 from tests.conftest import copy_rules  # noqa: E402
 from tests.support.daemon import free_port  # noqa: E402
-from tests.support.dnsservers import Dnsmasq, Rbldnsd  # noqa: E402
 
 CONCURRENCY = (1, 8, 64)
 CLIENTS = [f"198.51.100.{i}" for i in range(1, 251)]
+CLIENT_PTRS = [(ip, f"mx{i}.sender.test") for i, ip in enumerate(CLIENTS)]
 HEADERS = [("From", "a@sender.example"), ("To", "postmaster@example.com"),
            ("Subject", "benchmark"), ("Date", "Fri, 27 Nov 2026 20:00:00 +0000"),
            ("Message-ID", "<bench@sender.example>"), ("MIME-Version", "1.0"),
@@ -146,13 +146,7 @@ def main() -> int:
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         with ExitStack() as stack:
-            rbl = stack.enter_context(Rbldnsd(work / "rbl", {
-                "bl.test": ("ip4set", ":127.0.0.2:listed\n203.0.113.0/24\n")}))
-            dns = stack.enter_context(Dnsmasq(
-                work / "dns", ptr_records=[(ip, f"mx{i}.sender.test")
-                                           for i, ip in enumerate(CLIENTS)],
-                forward={"bl.test": rbl.port}))
-            rules = policy_rules(work, dns.port)
+            rules = policy_rules(work, dns_servers(stack, work, CLIENT_PTRS).port)
             needs = Engine(load(rules)).plan.needs
             names = ("null", "policy", *(("metrics",) if args.metrics else ()),
                      *(("workers",) if args.workers else ()))
@@ -171,9 +165,9 @@ def main() -> int:
                     metered, f"unix:{sockets['metrics']}", work / "metered.log"),
                     sockets["metrics"])).pid
             if args.workers:
-                pids["workers"] = stack.enter_context(process([*policy_milter(
-                    rules, f"unix:{sockets['workers']}", work / "workers.log"),
-                    "--workers", str(args.workers)], sockets["workers"])).pid
+                pids["workers"] = stack.enter_context(process(policy_milter(
+                    rules, f"unix:{sockets['workers']}", work / "workers.log", args.workers),
+                    sockets["workers"])).pid
             for name in pids:  # warm up: caches, threads, first DNS answers
                 measure(pids[name], f"unix:{sockets[name]}", 300, 8)
             for _ in range(args.rounds):

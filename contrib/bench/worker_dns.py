@@ -18,7 +18,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,12 +46,11 @@ def main() -> int:
             rules = policy_rules(work, dns.port)
             for workers in WORKERS:
                 socket = work / f"milter-{workers}.sock"
-                with ExitStack() as stack:
-                    pid = stack.enter_context(process([*policy_milter(
-                        rules, f"unix:{socket}", work / f"milter-{workers}.log"),
-                        "--workers", str(workers)], socket)).pid
+                with process(policy_milter(rules, f"unix:{socket}",
+                                           work / f"milter-{workers}.log", workers),
+                             socket) as milter:
                     dns.reset_counts()
-                    measure(pid, f"unix:{socket}", args.sessions, args.concurrency)
+                    measure(milter.pid, f"unix:{socket}", args.sessions, args.concurrency)
                     sent[workers] = dns.count()
     finally:
         shutil.rmtree(work)

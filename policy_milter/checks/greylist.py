@@ -26,7 +26,9 @@ def check(ctx: Context) -> Decision | None:
         return None
     if sender.is_null and rcpt.mailbox.partition("@")[0] == "postmaster":  # any extension
         return None
-    verdict = Greylist(ctx.state, ctx.settings).check(client, sender.key, rcpt.mailbox)
+    # Both mailboxes, extension removed: a VERP or tagged sender (user+tag@) and its
+    # case variants share one triplet instead of being greylisted anew each message.
+    verdict = Greylist(ctx.state, ctx.settings).check(client, sender.mailbox, rcpt.mailbox)
     if verdict.passed:
         return None
     return Decision(Action.TEMPFAIL, catalogue.get("greylisted"),

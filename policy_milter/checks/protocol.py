@@ -6,6 +6,7 @@ kind of fault; the stage checks see a session whose arguments already parsed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from ..addresses import (
@@ -24,11 +25,17 @@ CHECK = "protocol"
 _ENTRY_FOR = {"unbalanced": "unbalanced", "syntax": "syntax_error", "no_domain": "domain_required"}
 
 
+# The paths of the session traffic, kept (an Address never changes): the same recipients
+# come back session after session.  Refusals are not kept; they raise.  Table keys at load
+# time are parsed uncached, so a reload does not push the traffic's out.
+_kept_path = functools.lru_cache(maxsize=4096)(parse_path)
+
+
 def parse_command(arg: str, params: Sequence[str], *, mail: bool
                   ) -> tuple[Address, dict[str, str | None], int | None] | Decision:
     """Parse a MAIL or RCPT argument and its ESMTP parameters, or say which row refuses it."""
     try:
-        address = parse_path(arg, null_ok=mail)
+        address = _kept_path(arg, null_ok=mail)
         parsed = parse_esmtp_params(params)
         return address, parsed, declared_size(parsed)
     except AddressError as err:

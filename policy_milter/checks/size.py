@@ -23,9 +23,8 @@ def limits_configured(policy: Policy) -> bool:
     """Whether any size limit exists, so that the adapter must count the message (a
     domain or account from SQL may have one)."""
     t = policy.tables
-    limits = [o.limits for o in t.domain_list] + [a.limits for a in t.accounts.values()]
     return bool(policy.settings.max_message_size or t.from_sql("domains", "accounts")
-                or any(lim.max_size or lim.max_receive_size for lim in limits)
+                or any(o.limits.max_size or o.limits.max_receive_size for o in t.limited())
                 or any(listener.max_size for listener in t.listeners.values()))
 
 

@@ -193,11 +193,10 @@ def run_explain(args: argparse.Namespace) -> int:
     try:
         if args.qid:
             decisions, envelope = transaction(logread.records(args.log), args.qid)
-        else:
-            lines = sys.stdin if args.line == "-" else [args.line]
-            decisions = [r for r in (logread.parse(line.rstrip("\n"), "argument")
-                                     for line in lines) if r is not None
-                         and r.event == "decision"]
+        else:  # '-': read as report and replay read it (a byte not UTF-8 is kept)
+            read = (logread.records(["-"]) if args.line == "-"
+                    else [r for r in [logread.parse(args.line, "argument")] if r is not None])
+            decisions = [r for r in read if r.event == "decision"]
     except OSError as err:
         print(f"policy-milter: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -83,8 +83,9 @@ def _spec(record: Record) -> Spec | None:
 
 
 def _setting_at(where: str, policy: Policy | None) -> str:
-    """The setting that ``where`` (a policy.conf line) sets, if it is one."""
-    if policy is None:
+    """The setting that ``where`` (a policy.conf line) sets, if it is one ('default'
+    is no line: every setting left unset is there)."""
+    if policy is None or where == "default":
         return ""
     return next((name for name, at in policy.where.items()
                  if at == where and name in SETTING_NAMES), "")
@@ -179,12 +180,24 @@ def _hints(record: Record, spec: Spec | None, policy: Policy | None,
     elif spec is not None:
         hints.append(f"no white entry skips {spec.name}; it is on by: {spec.on}")
     if spec is not None and spec.depends and record["action"] == "tempfail":
-        where = policy.where.get(spec.failure, "default") if policy else "?"
-        hints.append(f"{spec.depends} failed: {spec.failure} ({where}) says what that means; "
-                     "'accept' lets such mail pass unchecked, marked")
+        failure = _failure_setting(spec, rule, policy)
+        hints.append(f"{spec.depends} failed: {failure} ({rule or '?'}) says what that "
+                     "means; 'accept' lets such mail pass unchecked, marked")
     if policy is not None and not hints:
         hints.append(f"see {Path(policy.source) / MAIN_FILE}")
     return hints
+
+
+def _failure_setting(spec: Spec, rule: str, policy: Policy | None) -> str:
+    """The setting that said what the failure of ``spec``'s dependency means: the one
+    at ``rule`` (the logged place, which the engine resolved); else as the engine picks
+    it: the check's own setting when set, else failure_action."""
+    logged = _setting_at(rule, policy)
+    if logged:
+        return logged
+    if policy is None:
+        return f"{spec.failure} (or failure_action, when it is not set)"
+    return policy.settings.failure_setting(spec.failure)
 
 
 def _where(policy: Policy | None) -> Callable[[str], str]:
@@ -219,7 +232,7 @@ def transaction(records: Iterable[Record], qid: str) -> tuple[list[Record], Reco
         if record.event == "envelope":
             lines = pending.pop(session, [])
             if record["qid"] == qid:
-                found += [r for r in lines if r not in found]
+                found += lines
                 envelope = record
         elif record.event == "decision":
             if record["qid"] == qid:

@@ -20,10 +20,9 @@ from ..decision import Action, Decision
 from ..engine import Engine, Outcome, Session
 from ..envelope import Resolved
 from ..log import DecisionLog
-from ..mtaclient import EomResult, MilterClient, Reply, split_message
+from ..mtaclient import MILTER_CHUNK_SIZE, EomResult, MilterClient, Reply, split_message
 from ..stages import Stage
 
-CHUNK = 65535  # body octets per call, as the milter protocol frames them
 OUTCOMES = {"accepted": 0, "rejected": 4, "tempfailed": 5, "discarded": 6, "held": 7}
 _PAST = {"reject": "rejected", "tempfail": "tempfailed", "discard": "discarded"}
 
@@ -225,8 +224,8 @@ def _play(player: _Player, s: Session, script: Script,
     headers, body = split_message(script.message, keep_space=False)
     for name, value in headers:
         s.header(name, value)
-    for start in range(0, len(body), CHUNK):
-        s.body(body[start:start + CHUNK])
+    for start in range(0, len(body), MILTER_CHUNK_SIZE):  # as the milter protocol frames it
+        s.body(body[start:start + MILTER_CHUNK_SIZE])
     final = player.run(Stage.EOM, f"{len(script.message)} octets", lambda: s.eom(qid))
     result = player.last
     assert isinstance(result, Outcome)

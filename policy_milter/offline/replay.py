@@ -1,11 +1,11 @@
 """``policy-milter replay``: the envelopes of past traffic (``event=envelope`` lines)
 played against other rules, and what would change.
 
-Answers are compared one per recipient; a transaction refused at HELO or MAIL, whose
-recipients the client never sent, counts once.  Only the envelope is replayed: the
-message is not in the log, so end-of-message checks are not compared; past DNS answers
-are not either (``--dns`` says what stands in for them); rate counters start at zero.
-The output says all of this with its counts.
+Answers are compared one per recipient; a transaction refused or discarded at HELO or
+MAIL, whose recipients the client never sent, counts once.  Only the envelope is
+replayed: the message is not in the log, so end-of-message checks are not compared; past
+DNS answers are not either (``--dns`` says what stands in for them); rate counters start
+at zero.  The output says all of this with its counts.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engine import Engine
-from ..logread import Record
+from ..logread import REFUSALS, Record
 from .play import Played, Script, StageRun, play
 
-REFUSED = frozenset({"reject", "tempfail"})
+EARLY = ("helo", "mail")  # the stages whose answer ends the transaction before its RCPTs
 KINDS = ("newly refused", "newly accepted", "changed")
 EXAMPLES = 3  # per group
 
@@ -70,12 +71,21 @@ class Summary:
         return sorted(grouped.items(), key=lambda item: (-len(item[1]), item[0]))
 
 
-def script(record: Record) -> Script:
-    """The session an envelope line describes; ValueError if it is not one."""
+def recipients(record: Record) -> list[list[Any]]:
+    """An envelope line's recipients, ``[argument, answer, rule(, params)]`` each;
+    ValueError if its ``rcpts`` is not such a list."""
     rcpts = json.loads(record["rcpts"] or "[]")
     if not isinstance(rcpts, list) or not all(isinstance(r, list) and len(r) >= 3
                                               for r in rcpts):
         raise ValueError("rcpts is not a list of [argument, answer, rule]")
+    return rcpts
+
+
+def script(record: Record, rcpts: list[list[Any]] | None = None) -> Script:
+    """The session an envelope line describes (``rcpts``: its recipients, if already
+    read); ValueError if it is not one."""
+    if rcpts is None:
+        rcpts = recipients(record)
     mail = record["mail_from"]
     return Script(
         client=record["client"], helo=record["helo"] or None,
@@ -86,21 +96,21 @@ def script(record: Record) -> Script:
         params=tuple(record["params"].split()), queue_id=record["qid"] or "REPLAY")
 
 
-def _before(record: Record) -> tuple[Answer | None, list[Answer]]:
-    """The logged answers: the transaction's, if it was refused before its recipients,
-    and each recipient's."""
-    rcpts = [Answer(r[1], r[2], "rcpt") for r in json.loads(record["rcpts"] or "[]")]
-    early = record["stage"] in ("helo", "mail") and record["result"] in REFUSED
+def _before(record: Record, rcpts: list[list[Any]]) -> tuple[Answer | None, list[Answer]]:
+    """The logged answers: the transaction's, if it ended before its recipients
+    (refused or discarded), and each recipient's."""
+    early = record["stage"] in EARLY and (record["result"] in REFUSALS
+                                           or record["result"] == "discard")
     whole = Answer(record["result"], record["rule"], record["stage"]) if early else None
-    return whole, rcpts
+    return whole, [Answer(r[1], r[2], "rcpt") for r in rcpts]
 
 
 def _now(played: Played) -> tuple[Answer | None, list[Answer]]:
     def answer(run: StageRun) -> Answer:
         return Answer(run.answer if run.answer != "continue" else "accept", run.rule,
                       run.stage, run.reply)
-    early = next((r for r in played.stages if r.stage in ("connect", "helo", "mail")
-                  and r.answer in REFUSED), None)
+    early = next((r for r in played.stages if r.stage in ("connect", *EARLY)
+                  and r.answer != "continue"), None)  # refused, or discarded
     return (answer(early) if early else None,
             [answer(r) for r in played.stages if r.stage == "rcpt"])
 
@@ -108,20 +118,21 @@ def _now(played: Played) -> tuple[Answer | None, list[Answer]]:
 def _kind(before: Answer, now: Answer) -> str:
     if before.answer == now.answer:
         return ""
-    if (before.answer in REFUSED) == (now.answer in REFUSED):
+    if (before.answer in REFUSALS) == (now.answer in REFUSALS):
         return "changed"
-    return "newly refused" if now.answer in REFUSED else "newly accepted"
+    return "newly refused" if now.answer in REFUSALS else "newly accepted"
 
 
-def compare(record: Record, played: Played, summary: Summary) -> None:
-    """Count one envelope's answers, and keep those that changed."""
-    before_whole, before_rcpts = _before(record)
+def compare(record: Record, rcpts: list[list[Any]], played: Played,
+            summary: Summary) -> None:
+    """Count one envelope's answers (``rcpts``: its recipients, as ``recipients`` read
+    them), and keep those that changed."""
+    before_whole, before_rcpts = _before(record, rcpts)
     now_whole, now_rcpts = _now(played)
     pairs: list[tuple[str, Answer, Answer]] = []
     if before_whole is not None:
         pairs.append(("", before_whole, now_whole or Answer("accept", "", "mail")))
     else:
-        rcpts = json.loads(record["rcpts"] or "[]")
         for index, before in enumerate(before_rcpts):
             now = now_whole or (now_rcpts[index] if index < len(now_rcpts) else None)
             if now is None:  # the candidate stopped before this recipient
@@ -143,7 +154,8 @@ def replay(engine: Engine, records: Iterable[Record], notes: list[str]) -> Summa
         if record.event != "envelope":
             continue
         try:
-            session = script(record)
+            rcpts = recipients(record)
+            session = script(record, rcpts)
         except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
             summary.unreadable.append(f"{record.source}: {err}")
             continue
@@ -152,6 +164,6 @@ def replay(engine: Engine, records: Iterable[Record], notes: list[str]) -> Summa
         summary.omitted_rcpts += int(record["rcpts_omitted"] or 0)
         if record["stage"] == "eom":
             summary.reached_eom += 1
-        compare(record, play(engine, session, list(notes)), summary)
+        compare(record, rcpts, play(engine, session, list(notes)), summary)
     return summary
 

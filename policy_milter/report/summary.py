@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import PurePath
 
-from ..logread import Record
+from ..logread import REFUSALS, Record
 from ..rules.policy import Policy
 
 OUTCOMES = ("accept", "quarantine", "reject", "tempfail", "discard", "abort")  # chart order
-REFUSALS = frozenset({"reject", "tempfail"})  # the client was told no
 FAILURES = ("dependency_failure", "dnsbl_zone_error", "not_checked")
 
 

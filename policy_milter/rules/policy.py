@@ -115,7 +115,7 @@ class _Loader:
                 continue
             name, eq, value = line.text.partition("=")
             name = name.strip()
-            if eq and name.split()[0] == "sql":
+            if eq and name.split()[:1] == ["sql"]:
                 self.database(line, path, name.split()[1:], value.strip())
             elif not eq or not name.isidentifier():
                 self.errors.add(line.where, "expected 'name = value' or 'include FILE'")

@@ -23,6 +23,7 @@ from typing import Any
 from .. import catalogue
 from ..catalogue import Entry, Kind
 from ..content import (
+    KINDS,
     ArchivePatterns,
     AttachmentPatterns,
     BodyPatterns,
@@ -50,7 +51,7 @@ FIELDS: dict[str, Callable[[], PatternSet[None] | ContentPatterns[None]]] = {
 }
 # Conditions on the message itself: their rules are decided at end of message, and a
 # bare `reject` there is the content filter's reply.
-CONTENT_FIELDS = frozenset({"header", "body", "attachment", "mime_type", "archive"})
+CONTENT_FIELDS = frozenset(KINDS)  # what the content pass looks at, and can miss
 _WHOLE_VALUE = frozenset({"header", "body"})  # a regex may hold commas
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 CONDITIONS = (*FIELDS, "authenticated")

@@ -278,11 +278,15 @@ class Settings:
     greylist_ipv4_prefix: int = _setting(_bounded(8, 32), "24")
     greylist_ipv6_prefix: int = _setting(_bounded(16, 128), "64")
 
+    def failure_setting(self, setting: str) -> str:
+        """The setting that decides what a dependency failure means for a check governed
+        by ``setting``: itself, or ``failure_action`` when it is left empty."""
+        return setting if getattr(self, setting) else "failure_action"
+
     def failure(self, setting: str) -> str:
-        """What a dependency failure means for a check governed by ``setting``: its own
-        value, or ``failure_action`` when it is left empty."""
-        value: str = getattr(self, setting)
-        return value or self.failure_action
+        """What a dependency failure means for a check governed by ``setting``."""
+        action: str = getattr(self, self.failure_setting(setting))
+        return action
 
 
 NAMES = tuple(f.name for f in fields(Settings))

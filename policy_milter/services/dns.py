@@ -146,7 +146,11 @@ class DnsResolver:
         has none, and asking it for its exception would raise."""
         with self._lock:
             if not future.cancelled() and future.exception() is None:
-                self._cache[k] = future
+                # A future of its own: the lookup's keeps its done-callbacks, and with them
+                # the session that asked (its context, its rules) for as long as it is kept
+                done: Future[Answer] = Future()
+                done.set_result(future.result())
+                self._cache[k] = done
             self._inflight.pop(k, None)
 
     def _clamp(self, ttl: int) -> int:

@@ -5,18 +5,22 @@ milter wrote.  Every command runs as a process, exactly as the README shows it."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from policy_milter import logread
+from policy_milter import catalogue, logread
 from policy_milter.engine import Engine
+from policy_milter.log import quote
 from policy_milter.mtaclient import ACTION_NAMES, STEP_NAMES
 from policy_milter.offline.play import OUTCOMES
 from policy_milter.rules.policy import load
 from policy_milter.stages import Stage
-from tests.conftest import FIXTURE_RULES
+from tests.conftest import FIXTURE_RULES, REPO
 from tests.milter.conftest import MilterProcess
 from tests.support.cli import cli
 
@@ -126,6 +130,26 @@ def test_explain_a_line_of_the_running_milters_log(milter: MilterProcess,
     assert "holds the rules that decided, unchanged" in result.stdout
     piped = cli("explain", "--rules", str(FIXTURE_RULES), "-", stdin=f"noise\n{line}\n")
     assert piped.stdout == result.stdout
+
+
+def test_explain_reads_piped_syslog_with_bytes_that_are_not_utf8() -> None:
+    """explain - reads standard input as report and replay do: a byte that is not UTF-8
+    (another program's line, a carrier's host name) is kept, not a crash."""
+    line = (f"ts=2026-11-30T10:00:00.000Z level=info event=decision stage=mail qid=Q1 "
+            f"client=192.0.2.10 helo=mx.sender.example sender=a@blocked.example "
+            f"rule={FIXTURE_RULES}/access:3 check=access action=reject "
+            f"reply={quote(catalogue.get('access_denied').reply_line())} monitor=no "
+            f"rules_hash={load(FIXTURE_RULES).digest} entry=access_denied session=1.1")
+    piped = (b"Nov 30 10:00:00 mx postfix/smtpd[1]: connect from caf\xe9.example\n"
+             b"Nov 30 10:00:00 m\xe9x policy-milter[812]: " + line.encode() + b"\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "policy_milter.cli", "explain", "--rules", str(FIXTURE_RULES),
+         "-"], cwd=REPO, input=piped, capture_output=True, timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"catalogue  access_denied (row " in result.stdout
+    given = cli("explain", "--rules", str(FIXTURE_RULES), line)  # the same line, as argument
+    assert given.returncode == 0 and result.stdout.decode() == given.stdout
 
 
 def test_explain_by_queue_id_replays_the_envelope_under_todays_rules(

@@ -628,13 +628,18 @@ def test_declared_size(params, size):
     assert declared_size(parse_esmtp_params(params)) == size
 
 
-def test_a_parsed_path_is_kept_and_a_refused_one_refused_again() -> None:
-    """Parsed paths are kept (an Address never changes); a refusal raises every time."""
-    assert parse_path("<Kept@Example.COM>", null_ok=False) is parse_path(
-        "<Kept@Example.COM>", null_ok=False)
+
+def test_a_commands_path_is_kept_and_a_refused_one_refused_again() -> None:
+    """The paths of MAIL and RCPT are kept (an Address never changes); a refusal is
+    answered again every time, never taken from what was kept."""
+    from policy_milter.checks.protocol import parse_command
+    from policy_milter.decision import Decision
+
+    first = parse_command("<Kept@Example.COM>", [], mail=False)
+    again = parse_command("<Kept@Example.COM>", [], mail=False)
+    assert isinstance(first, tuple) and isinstance(again, tuple) and first[0] is again[0]
     for _ in range(2):
-        with pytest.raises(AddressError):
-            parse_path("<kept@@example.com>", null_ok=False)
-    assert parse_path("<>", null_ok=True).is_null
-    with pytest.raises(AddressError):
-        parse_path("<>", null_ok=False)
+        assert isinstance(parse_command("<kept@@example.com>", [], mail=False), Decision)
+    assert isinstance(parse_command("<>", [], mail=False), Decision)
+    null = parse_command("<>", [], mail=True)
+    assert isinstance(null, tuple) and null[0].is_null

@@ -170,3 +170,28 @@ def test_closing_with_lookups_queued_is_quiet(server: FakeDns,
     wait([running], timeout=5)
     assert queued.cancelled()
     assert not [rec for rec in caplog.records if "exception calling callback" in rec.message]
+
+
+def test_a_cached_answer_keeps_nothing_of_the_session_that_asked(server: FakeDns) -> None:
+    """The cache holds the answer, not the lookup: the callbacks a session hung on the
+    lookup (the rdns prefetch's, which hold its context) are not kept with it."""
+    import gc
+    import weakref
+
+    class SessionState:
+        pass
+
+    server.add("mx.example.test", "A", "192.0.2.1", ttl=3600)
+    r = resolver(server)
+    state = SessionState()
+    kept = weakref.ref(state)
+    lookup = r.submit("mx.example.test", "A")
+    lookup.add_done_callback(lambda _f, s=state: s)
+    wait([lookup])
+    del state, lookup
+    assert get(r, "mx.example.test") == ("192.0.2.1",) and server.count("mx.example.test") == 1
+    deadline = time.monotonic() + 5  # the resolver's own callback may still be running
+    while kept() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert kept() is None

@@ -280,11 +280,15 @@ def test_kept_facts_are_bounded(fixture_policy: Policy, monkeypatch: pytest.Monk
                                 ) -> None:
     monkeypatch.setattr("policy_milter.envelope.KNOWN_MAX", 8)
     directory = Directory(fixture_policy.tables, fixture_policy.settings.recipient_delimiter)
+    kept = directory._kept.cache_info  # type: ignore[attr-defined]
     for n in range(50):
         text = f"<user{n}@example.com>"
         r = directory.resolve(text, parse_path(text, null_ok=False), {}, recipient=True)
         assert r.key == f"user{n}@example.com"
-        assert len(directory._known) <= 8
+        assert 1 <= kept().currsize <= 8
+    again = directory.resolve("<user49@example.com>", parse_path("<user49@example.com>",
+                                                                 null_ok=False), {}, recipient=True)
+    assert again.key == "user49@example.com" and kept().hits == 1
 
 
 class _ChangingAccounts:

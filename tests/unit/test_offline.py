@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from policy_milter import logread
+from policy_milter import catalogue, logread
 from policy_milter.engine import Engine
-from policy_milter.log import DecisionLog
+from policy_milter.log import DecisionLog, quote
 from policy_milter.offline.explain import explain, transaction
-from policy_milter.offline.play import OUTCOMES, Played, Script, play
+from policy_milter.offline.play import OUTCOMES, Played, Script, captured_log, play
 from policy_milter.offline.replay import Summary, replay
 from policy_milter.offline.services import offline
 from policy_milter.rules.policy import Policy, load
@@ -183,18 +183,16 @@ class Lines(logging.Handler):
         self.lines.append(f"ts=2026-11-30T10:00:00.000Z level=info {record.getMessage()}")
 
 
-@pytest.fixture
-def traffic(fixture_policy: Policy, tmp_path: Path) -> Iterator[Path]:
-    """A log of a few sessions decided by the fixture rules, as the milter writes it."""
+def log_sessions(policy: Policy, path: Path,
+                 sessions: list[tuple[str, list[str]]]) -> Path:
+    """``path``: a log of these (sender, recipients) sessions decided by ``policy``, as
+    the milter writes it."""
     logger = logging.getLogger("policy_milter.test_traffic")
     logger.propagate, handler = False, Lines()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    engine = Engine(fixture_policy, log=DecisionLog(logger))
-    for sender, rcpts in [("<a@sender.example>", ["<postmaster@example.com>",
-                                                  "<nobody@example.com>"]),
-                          ("<b@blocked.example>", []),
-                          ("<c@sender.example>", ["<abuse@example.com>"])]:
+    engine = Engine(policy, log=DecisionLog(logger))
+    for sender, rcpts in sessions:
         s = engine.session()
         s.connect("192.0.2.10", "mx.sender.example", "smtpd")
         s.helo("mx.sender.example", False)
@@ -203,9 +201,17 @@ def traffic(fixture_policy: Policy, tmp_path: Path) -> Iterator[Path]:
             s.rcpt(rcpt, [], f"Q{len(rcpt)}{i}")
         s.close()
     logger.removeHandler(handler)
-    path = tmp_path / "mail.log"
     path.write_text("\n".join(handler.lines) + "\nnot a line of ours\n")
-    yield path
+    return path
+
+
+@pytest.fixture
+def traffic(fixture_policy: Policy, tmp_path: Path) -> Iterator[Path]:
+    """A log of a few sessions decided by the fixture rules, as the milter writes it."""
+    yield log_sessions(fixture_policy, tmp_path / "mail.log", [
+        ("<a@sender.example>", ["<postmaster@example.com>", "<nobody@example.com>"]),
+        ("<b@blocked.example>", []),
+        ("<c@sender.example>", ["<abuse@example.com>"])])
 
 
 def replayed(rules: Path | Policy, log: Path) -> Summary:
@@ -256,6 +262,47 @@ def test_replay_reports_an_unreadable_envelope_and_goes_on(
     assert summary.unreadable[0].startswith(f"{traffic}:{broken + 1}: ")
 
 
+DISCARD_RULE = "sender @discard.example                      discard\n"  # access, fixture
+
+
+def test_replay_sees_a_transaction_discarded_at_mail(
+        fixture_policy: Policy, tmp_path: Path, make_rules: Callable[..., Path]) -> None:
+    """A discard at MAIL is the transaction's answer, as a refusal there is: the client
+    never sent its recipients, so it counts once, and a refusal now is a change."""
+    log = log_sessions(fixture_policy, tmp_path / "discarded.log",
+                       [("<a@discard.example>", ["<postmaster@example.com>"])])
+    [env] = [r for r in logread.records([str(log)]) if r.event == "envelope"]
+    assert (env["result"], env["stage"], env["rcpts"]) == ("discard", "mail", "[]")
+    same = replayed(fixture_policy, log)
+    assert (same.envelopes, same.answers, same.unchanged, same.changes) == (1, 1, 1, [])
+    rules = make_rules()
+    access = rules / "access"
+    assert DISCARD_RULE in access.read_text()
+    access.write_text(access.read_text().replace(DISCARD_RULE, DISCARD_RULE.replace(
+        "discard\n", "reject\n")))
+    summary = replayed(rules, log)
+    assert (summary.answers, summary.unchanged) == (1, 0)
+    [change] = summary.changes
+    assert (change.kind, change.rcpt, change.sender) == ("newly refused", "",
+                                                         "<a@discard.example>")
+    assert (change.before.answer, change.before.stage) == ("discard", "mail")
+    assert change.before.rule.endswith("access:9") and change.now.rule.endswith("access:9")
+    assert (change.now.answer, change.now.stage) == ("reject", "mail")
+
+
+def test_replay_sees_a_candidate_that_discards_at_mail(
+        traffic: Path, make_rules: Callable[..., Path]) -> None:
+    rules = make_rules()
+    with (rules / "access").open("a") as access:
+        access.write("sender c@sender.example  discard\n")
+    summary = replayed(rules, traffic)
+    [change] = summary.changes  # abuse@, accepted then: not an accept now
+    assert (change.kind, change.rcpt) == ("changed", "<abuse@example.com>")
+    assert (change.before.answer, change.now.answer, change.now.stage) == (
+        "accept", "discard", "mail")
+    assert summary.unchanged == 3
+
+
 # --- explain -----------------------------------------------------------------------
 
 def decision_line(traffic: Path, text: str) -> logread.Record:
@@ -296,10 +343,46 @@ def test_explain_names_a_setting_that_decided(fixture_policy: Policy) -> None:
     assert "the setting max_recipients at" in text and "(now 5)" in text
 
 
+def dns_tempfail_line(policy: Policy, tmp_path: Path) -> str:
+    """The decision line the engine writes when the client's PTR lookup fails."""
+    world = offline(policy, stub(tmp_path, "10.2.0.192.in-addr.arpa PTR SERVFAIL\n"),
+                    scanners=False)
+    log, lines = captured_log()
+    try:
+        play(Engine(policy, world.services, log, world.leave_out),
+             session("<a@sender.example>", "<postmaster@example.com>"), world.notes)
+    finally:
+        world.close()
+    [line] = [line for line in lines if "event=decision " in line]
+    return f"level=info {line}"
+
+
+@pytest.mark.parametrize("check", ["rdns", "dnsbl"])
+@pytest.mark.parametrize("own, decided", [(False, "failure_action"),
+                                          (True, "dns_failure_action")])
+def test_explain_names_the_failure_setting_the_engine_used(
+        make_rules: Callable[..., Path], tmp_path: Path, check: str, own: bool,
+        decided: str) -> None:
+    """dns_failure_action left unset follows failure_action: explain names the one that
+    decided, at the place the line logs, never the unset one."""
+    settings = {"dns_failure_action": "tempfail"} if own else {}
+    policy = load(make_rules(rdns="required", dns_nameservers="127.0.0.1", **settings))
+    line = dns_tempfail_line(policy, tmp_path).replace(" check=rdns ", f" check={check} ")
+    record = logread.parse(line)
+    assert record is not None and record["check"] == check
+    assert record["action"] == "tempfail" and record["rule"] == policy.where[decided]
+    text = "\n".join(explain(record, policy, "rules").lines)
+    assert f"dns failed: {decided} ({policy.where[decided]}) says what that means" in text
+    assert f"the setting {decided} at {policy.where[decided]} decided" in text
+    if not own:
+        assert "dns_failure_action" not in text and "(default)" not in text
+
+
 def test_explain_survives_a_missing_file_and_foreign_values(fixture_policy: Policy) -> None:
+    reply = quote(catalogue.get("access_denied").reply_line())
     record = logread.parse(
         'level=info event=decision stage=mail client="<script>" rule=/nonexistent/access:3 '
-        'check=access action=reject reply="550 5.7.1 Access not allowed" monitor=no '
+        f'check=access action=reject reply={reply} monitor=no '
         'rules_hash=000000000000 detail="\\x00\\n"')
     assert record is not None
     text = "\n".join(explain(record, None, "rules").lines)

@@ -145,6 +145,7 @@ def test_not_a_milter_address(address: str) -> None:
     ("inet:8894@127.0.0.1", "inet:127.0.0.1:8894"),
     ("inet:8894@0.0.0.0", "inet:127.0.0.1:8894"),
     ("inet6:8894@[::1]", "inet:[::1]:8894"),
+    ("inet6:8894@[::]", "inet:[::1]:8894"),
     ("unix:/run/policy-milter/milter.sock", "unix:/run/policy-milter/milter.sock"),
     ("unix:/var/spool/postfix/policy-milter/milter.sock", "unix:policy-milter/milter.sock"),
 ])
@@ -381,6 +382,17 @@ def test_size_limits_of_domains_and_of_this_services_listener(tmp_path: Path) ->
     assert found(tmp_path, policy, [*QUIET[:-1], "message_size_limit = 30000000"], smtp) == [
         under("DIR/main.cf:4", "message_size_limit", "30000000",
               "max_size=30M (DIR/rules/domains:10)", SIZE_REPLY, 31457280)]
+
+
+def test_limits_above_the_servers_are_not_the_ceiling(tmp_path: Path) -> None:
+    """A domain's limit above the server's never applies (lint says so): Postfix's limit
+    need only be above the server's, not above the domain's."""
+    rules = copy_rules(tmp_path / "rules", max_message_size="10M", max_recipients="5")
+    with (rules / "domains").open("a") as domains:
+        domains.write("big.example remote max_size=30M max_recipients=50\n")
+    policy = load_dir(rules)
+    main = [*QUIET[:-1], "message_size_limit = 20000000", "smtpd_recipient_limit = 6"]
+    assert found(tmp_path, policy, main) == []
 
 
 def test_smtpd_recipient_limit_under_the_rules(tmp_path: Path, fixture_rules: Policy) -> None:

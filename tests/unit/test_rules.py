@@ -102,6 +102,7 @@ def test_shipped_rules_load() -> None:
     ("colour = blue", "unknown setting 'colour'"),
     ("monitor", "expected 'name = value' or 'include FILE'"),
     ("max-recipients = 5", "expected 'name = value' or 'include FILE'"),
+    ("= 5", "expected 'name = value' or 'include FILE'"),
     ("include", "include takes one file name or pattern"),
     # bool
     ("monitor = maybe", "monitor: 'maybe' is not yes or no"),

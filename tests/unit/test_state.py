@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from policy_milter.rules.policy import load
 from policy_milter.rules.source import RuleErrors
 from policy_milter.services.errors import DependencyError
 from policy_milter.services.factory import open_state
-from policy_milter.services.state import FOREVER, RedisServer as Address, StateStore
+from policy_milter.services.state import FOREVER, MAX_PERIOD, SWEEP_EVERY, StateStore
+from policy_milter.services.state import RedisServer as Address
 from policy_milter.services.state.memory import MemoryStore
 from policy_milter.services.state.redis import RedisStore
 from policy_milter.services.state.sqlite import SqliteStore
@@ -185,3 +188,56 @@ def test_where_the_embedded_store_keeps_its_file(make_rules: Callable[..., Path]
     assert under_systemd.path == tmp_path / "systemd" / "state.sqlite3"
     named = open_state(load(make_rules(state_file=str(tmp_path / "named.sqlite3"))))
     assert isinstance(named, SqliteStore) and named.path == tmp_path / "named.sqlite3"
+
+
+def test_add_returns_the_value_itself_when_it_set_it(make: Make) -> None:
+    """What tells the greylist its attempt is the first: an equal value read back is
+    another attempt's."""
+    store = make(time.time)
+    first = 1.5
+    given = f"pending {first!r}"
+    assert store.add("k", given, ttl=60) is given
+    again = f"pending {first!r}"  # equal, not the same string
+    stored = store.add("k", again, ttl=60)
+    assert stored == again and stored is not again
+
+
+def stored(store: StateStore, path: Path) -> tuple[int, int]:
+    """How many entries and counter records the store holds, expired or not."""
+    if isinstance(store, MemoryStore):
+        return len(store._entries), sum(len(e) for e in store._events.values())
+    with closing(sqlite3.connect(path)) as db:
+        return (db.execute("SELECT COUNT(*) FROM entry").fetchone()[0],
+                db.execute("SELECT COUNT(*) FROM count").fetchone()[0])
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_what_expires_is_swept_though_never_read_again(kind: str, tmp_path: Path) -> None:
+    """First-seen triplets that never retry, counters of clients seen once: a write now
+    and then removes them all (Redis expires keys itself)."""
+    now: Clock = [1_000_000.0]
+    path = tmp_path / "state.sqlite3"
+    store: StateStore = MemoryStore(lambda: now[0]) if kind == "memory" else \
+        SqliteStore(path, clock=lambda: now[0])
+    store.put("forever", "x")  # the first write sweeps; the next is due SWEEP_EVERY on
+    for i in range(500):
+        store.add(f"greylist:triplet:{i}", "pending", ttl=60)  # never retried
+        store.put(f"greylist:client:{i}", "auto", ttl=3600)
+        store.record(f"client:{i}", 1)
+    store.put("long", "y", ttl=MAX_PERIOD * 2)
+    assert stored(store, path) == (1002, 500)
+    now[0] += 61
+    store.put("soon", "z", ttl=10)  # too soon for a sweep: the triplets are still there
+    assert stored(store, path) == (1003, 500)
+    now[0] += SWEEP_EVERY
+    store.add("added", "w", ttl=60)  # an add sweeps: the triplets and "soon" go
+    assert stored(store, path) == (500 + 3, 500)
+    now[0] += 3600
+    store.put("put", "v")  # so does a put: the clients and "added" go
+    assert stored(store, path) == (3, 500)
+    assert [e.key for e in store.entries("")] == ["forever", "long", "put"]
+    now[0] += MAX_PERIOD
+    store.record("client:new", 1)  # so does a record: the counts are past the longest window
+    assert stored(store, path) == (3, 1)
+    assert store.total("client:new", 60) == 1 and store.get("long") == "y"
+    store.close()

@@ -8,7 +8,9 @@ that survives a restart and that the processes of one host share) and ``RedisSto
 the store, so the engine applies the configured failure action.
 
 Entries are strings under string keys, each with a time to live; counters are separate
-and slide: ``total(key, window)`` is what ``record`` added in the last ``window`` seconds.
+and slide: ``total(key, window)`` is what ``record`` added in the last ``window`` seconds
+(at most MAX_PERIOD: older records are dropped).  What expires goes without being read
+again: Redis drops it itself, the other stores sweep now and then as they write.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 MAX_PERIOD = 7 * 86400  # the longest window a limit may use: counters are kept this long
+SWEEP_EVERY = 300.0  # seconds between a store's deletions of expired entries and counts
 FOREVER = 0.0  # a time to live of 0: the entry stays until it is deleted
 
 
@@ -49,7 +52,8 @@ class StateStore(Protocol):
 
     def add(self, key: str, value: str, ttl: float = FOREVER) -> str:
         """Set an entry unless a live one exists, atomically across processes and hosts:
-        the value now stored (``value``, or the one that was there)."""
+        the value now stored (``value`` itself when it was set, so that ``is`` tells;
+        else the one that was there, even if equal)."""
 
     def delete(self, key: str) -> bool:
         """Remove an entry; False when there was none."""

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from . import FOREVER, MAX_PERIOD, Entry
+from . import FOREVER, MAX_PERIOD, SWEEP_EVERY, Entry
 
 
 class MemoryStore:
@@ -24,6 +24,7 @@ class MemoryStore:
         self._events: dict[str, deque[tuple[float, int]]] = {}
         self._entries: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
+        self._swept = 0.0
 
     def total(self, key: str, window: float) -> int:
         now = self._clock()
@@ -40,6 +41,7 @@ class MemoryStore:
             events = self._events.setdefault(key, deque())
             self._expire(events, now)
             events.append((now, amount))
+            self._sweep(now)
 
     def _expire(self, events: deque[tuple[float, int]], now: float) -> None:
         while events and events[0][0] <= now - self._horizon:
@@ -50,15 +52,19 @@ class MemoryStore:
             return self._live(key)
 
     def put(self, key: str, value: str, ttl: float = FOREVER) -> None:
+        now = self._clock()
         with self._lock:
-            self._entries[key] = (value, self._expiry(ttl))
+            self._sweep(now)
+            self._entries[key] = (value, self._expiry(ttl, now))
 
     def add(self, key: str, value: str, ttl: float = FOREVER) -> str:
+        now = self._clock()
         with self._lock:
+            self._sweep(now)
             current = self._live(key)
             if current is not None:
                 return current
-            self._entries[key] = (value, self._expiry(ttl))
+            self._entries[key] = (value, self._expiry(ttl, now))
             return value
 
     def delete(self, key: str) -> bool:
@@ -77,8 +83,23 @@ class MemoryStore:
     def problem(self) -> str:
         return ""
 
-    def _expiry(self, ttl: float) -> float:
-        return self._clock() + ttl if ttl else FOREVER
+    @staticmethod
+    def _expiry(ttl: float, now: float) -> float:
+        return now + ttl if ttl else FOREVER
+
+    def _sweep(self, now: float) -> None:
+        """Now and then (every write asks; the lock is held), forget expired entries and
+        counters whose records are all past the longest window: what is never read again
+        (a first-seen triplet that never retries, a client seen once) must go too."""
+        if now - self._swept < SWEEP_EVERY:
+            return
+        self._swept = now
+        for key in [k for k, (_, expires) in self._entries.items() if expires and expires <= now]:
+            del self._entries[key]
+        for key, events in list(self._events.items()):
+            self._expire(events, now)
+            if not events:
+                del self._events[key]
 
     def _live_item(self, key: str) -> tuple[str, float] | None:
         item = self._entries.get(key)

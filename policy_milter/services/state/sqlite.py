@@ -20,10 +20,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..errors import DependencyError
-from . import FOREVER, MAX_PERIOD, Entry
+from . import FOREVER, MAX_PERIOD, SWEEP_EVERY, Entry
 
 SERVICE = "state-sqlite"
-SWEEP_EVERY = 300.0  # seconds between deletions of expired entries and counts
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS count (key TEXT NOT NULL, at REAL NOT NULL, amount INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS count_key_at ON count (key, at);
@@ -102,20 +101,23 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     def put(self, key: str, value: str, ttl: float = FOREVER) -> None:
+        now = self._clock()
         with self._use("writing an entry in") as db:
+            self._sweep(db, now)
             db.execute("INSERT OR REPLACE INTO entry VALUES (?, ?, ?)",
-                       (key, value, self._expiry(ttl)))
+                       (key, value, self._expiry(ttl, now)))
 
     def add(self, key: str, value: str, ttl: float = FOREVER) -> str:
         now = self._clock()
         with self._use("adding an entry in") as db:
+            self._sweep(db, now)  # before: a failed sweep must not hide an added entry
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute(f"SELECT value FROM entry WHERE key = ? AND {_LIVE}",
                                  (key, now)).fetchone()
                 if row is None:
                     db.execute("INSERT OR REPLACE INTO entry VALUES (?, ?, ?)",
-                               (key, value, self._expiry(ttl)))
+                               (key, value, self._expiry(ttl, now)))
                 db.execute("COMMIT")
             finally:
                 if db.in_transaction:
@@ -135,11 +137,13 @@ class SqliteStore:
                               (len(prefix), prefix, self._clock())).fetchall()
         return iter([Entry(*row) for row in rows])
 
-    def _expiry(self, ttl: float) -> float:
-        return self._clock() + ttl if ttl else FOREVER
+    @staticmethod
+    def _expiry(ttl: float, now: float) -> float:
+        return now + ttl if ttl else FOREVER
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
-        """Now and then, forget counts past the longest window and expired entries."""
+        """Now and then (every write asks), forget counts past the longest window and
+        expired entries: a first-seen triplet that never comes back is never read again."""
         if now - self._swept < SWEEP_EVERY:
             return
         self._swept = now
