@@ -39,11 +39,11 @@ from .server import Server, StartError, settle
 from .services import DependencyError, Services, in_background
 from .services.challenges import SqliteChallengeStore
 from .services.factory import smtp_mailer, state_path
+from .exitcodes import EXIT_RULES, EXIT_RUNTIME, EXIT_USAGE
 from .workers import Supervisor
 
 DEFAULT_RULES = "/etc/policy-milter"
 DEFAULT_SOCKET = "inet:8894@127.0.0.1"
-EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
 
 
 T = typing.TypeVar("T")

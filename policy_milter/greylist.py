@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from . import patterns
 from .addresses import client_ip
+from .exitcodes import EXIT_RUNTIME, EXIT_USAGE
 from .services.errors import DependencyError
 from .services.factory import open_state
 from .services.state import FOREVER, MAX_PERIOD, StateStore
@@ -158,7 +159,6 @@ class Greylist:
         return self.network(block.network_address)
 
 
-EXIT_USAGE, EXIT_RUNTIME = 2, 3  # as in cli.py
 
 
 def admin(policy: Policy, action: str, client: str | None) -> int:

@@ -14,8 +14,9 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from .exitcodes import EXIT_USAGE
+
 RULES = files(__package__) / "sample_rules"
-EXIT_USAGE = 2  # as in cli.py: the admin must name another directory
 
 
 def sample_files() -> list[Traversable]:

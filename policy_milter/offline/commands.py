@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import logread
 from ..engine import Engine
+from ..exitcodes import EXIT_RULES, EXIT_RUNTIME, EXIT_USAGE
 from ..mtaclient import MilterClient, MilterProtocolError, MilterTimeout
 from ..log import quote
 from ..report import moment
@@ -27,7 +28,6 @@ from .replay import replay
 from .replay import script as replay_script
 from .services import Offline, offline
 
-EXIT_RULES, EXIT_USAGE, EXIT_RUNTIME = 1, 2, 3
 OUTCOME_HELP = ", ".join(f"{code} {name}" for name, code in OUTCOMES.items())
 
 

@@ -76,7 +76,7 @@ def build(policy: Policy, given: Services, previous: Live | None = None) -> Live
     state = given.state or (previous.state if previous is not None
                             and previous.state_config == config else open_state(policy))
     if isinstance(store, SqliteChallengeStore):  # allow lists on every host sharing Redis
-        store.shared = state if state.name == "redis" else None
+        store.shared = state if state.across_hosts else None
     return Live(
         dns=dns,
         virus=given.virus or (Clamd(s.clamd, s.clamd_timeout, s.clamd_max_size)

@@ -60,8 +60,7 @@ def unreachable(policy: Policy, live: Live, timeout: float = TIMEOUT) -> list[Un
     for connection in {id(t.connection): t.connection for t in live.tables.values()}.values():
         probes.append(("sql", connection.database.shown,
                        _call(connection.problem, min(timeout, connection.timeout))))
-    if live.state.name == "redis":
-        probes.append(("redis", live.state.address, live.state.problem))
+    probes.append((live.state.name, live.state.address, live.state.problem))
     if not probes:
         return []
     with ThreadPoolExecutor(len(probes), thread_name_prefix="probe") as pool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from policy_milter.cli import EXIT_RULES, EXIT_RUNTIME
+from policy_milter.exitcodes import EXIT_RULES, EXIT_RUNTIME
 from policy_milter.mtaclient import EomResult
 from policy_milter.rules.policy import load
 from tests.conftest import REPO, copy_rules

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_milter.cli import EXIT_RUNTIME, EXIT_USAGE
+from policy_milter.exitcodes import EXIT_RUNTIME, EXIT_USAGE
 from policy_milter.log import SYSLOG
 from tests.conftest import FIXTURE_RULES, REPO, copy_rules
 from tests.milter.conftest import start_milter

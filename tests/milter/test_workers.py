@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_milter.cli import EXIT_RUNTIME, EXIT_USAGE
+from policy_milter.exitcodes import EXIT_RUNTIME, EXIT_USAGE
 from policy_milter.mtaclient import MilterProtocolError
 from policy_milter.rules.policy import load
 from tests.conftest import copy_rules

@@ -34,6 +34,7 @@ class Entry(NamedTuple):
 class StateStore(Protocol):
     name: str  # for the log: "state-memory", "state-sqlite", "redis"
     address: str  # where it is: "memory", the file, the server
+    across_hosts: bool  # other hosts see what it holds (Redis): the MXes of a site share it
 
     def problem(self) -> str:
         """Why the store cannot answer now ('' when it can): the probe at start."""

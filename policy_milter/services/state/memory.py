@@ -17,6 +17,7 @@ class MemoryStore:
 
     name = "state-memory"
     address = "memory"
+    across_hosts = False
 
     def __init__(self, clock: Callable[[], float] = time.time, horizon: int = MAX_PERIOD) -> None:
         self._clock = clock

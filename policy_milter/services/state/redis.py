@@ -49,6 +49,7 @@ class RedisStore:
     """StateStore on a Redis server; keys are ``prefix`` + the store's key."""
 
     name = SERVICE
+    across_hosts = True
 
     def __init__(self, server: RedisServer, prefix: str = "policy-milter:", timeout: float = 1.0,
                  password: str | None = None, clock: Callable[[], float] = time.time,

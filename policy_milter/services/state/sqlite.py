@@ -38,6 +38,7 @@ class SqliteStore:
     """StateStore in the SQLite file ``path`` (made 0600 with its directory 0700 if new)."""
 
     name = SERVICE
+    across_hosts = False  # the processes of one host only
 
     def __init__(self, path: Path, timeout: float = 1.0, clock: Callable[[], float] = time.time,
                  horizon: int = MAX_PERIOD) -> None:
