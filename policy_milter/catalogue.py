@@ -128,6 +128,7 @@ _ROWS = (
 )
 
 ENTRIES: dict[str, Entry] = {e.name: e for e in _ROWS}
+_BY_REPLY: dict[str, Entry] = {e.reply_line(): e for e in _ROWS}
 
 
 class UnknownEntry(KeyError):
@@ -141,10 +142,19 @@ def get(name: str) -> Entry:
         raise UnknownEntry(name) from None
 
 
+def by_reply(line: str) -> Entry | None:
+    """The entry whose reply line ``line`` is: what a log line older than its ``entry=``
+    field, or a reply read off the wire, says; None for one the catalogue does not have."""
+    return _BY_REPLY.get(line)
+
+
 def _validate(entries: tuple[Entry, ...]) -> None:
     names = [e.name for e in entries]
     if len(names) != len(set(names)):
         raise ValueError("catalogue: duplicate entry names")
+    if len({e.reply_line() for e in entries}) != len(entries):
+        raise ValueError("catalogue: two entries with one reply line (the log could not "
+                         "tell them apart)")
     rows = [e.row for e in entries if e.row is not None]
     if sorted(rows) != list(range(1, 35)):
         raise ValueError("catalogue: seed rows must be 1..34, once each")

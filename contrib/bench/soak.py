@@ -141,10 +141,8 @@ def fake_dns() -> FakeDns:
 
 
 def entry_of(reply: Reply) -> str:
-    for name, e in catalogue.ENTRIES.items():
-        if (reply.code, reply.enhanced, reply.text) == (e.code, e.enhanced, e.text):
-            return name
-    return f"{reply.action} {reply.line}"
+    known = catalogue.by_reply(reply.line) if reply.action == "replycode" else None
+    return known.name if known else f"{reply.action} {reply.line}"
 
 
 def play(address: str, kind: Kind) -> str:

@@ -69,11 +69,7 @@ def _find(logged: Path, policy: Policy | None) -> Path | None:
 def _entry(record: Record) -> catalogue.Entry | None:
     """The catalogue entry of the line: named since the log says it; for older lines,
     the one whose reply line it is."""
-    if record["entry"] in catalogue.ENTRIES:
-        return catalogue.ENTRIES[record["entry"]]
-    reply = record["reply"]
-    return next((e for e in catalogue.ENTRIES.values() if reply and e.reply_line() == reply),
-                None)
+    return catalogue.ENTRIES.get(record["entry"]) or catalogue.by_reply(record["reply"])
 
 
 def _spec(record: Record) -> Spec | None:

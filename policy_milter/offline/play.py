@@ -258,8 +258,8 @@ def change(kind: str, *args: object) -> str:
 def _wire_run(stage: Stage, subject: str, reply: Reply, seconds: float) -> StageRun:
     answer = ("reject" if reply.rejected else "tempfail" if reply.tempfailed
               else "discard" if reply.action == "discard" else "continue")
-    entry = next((e.name for e in catalogue.ENTRIES.values()
-                  if e.code and reply.line == e.reply_line()), "")
+    known = catalogue.by_reply(reply.line) if reply.action == "replycode" else None
+    entry = known.name if known else ""
     return StageRun(stage.value, subject, answer, reply.line if reply.action == "replycode"
                     else "", entry, ms=round(seconds * 1000, 3))
 

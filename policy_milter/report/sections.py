@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from ..catalogue import ENTRIES, Entry, Kind
+from ..catalogue import ENTRIES, Entry, Kind, by_reply
 from .summary import OUTCOMES, Summary
 
 K = TypeVar("K", bound=Hashable)
 Cell = str | int
-_BY_REPLY: dict[str, Entry] = {e.reply_line(): e for e in ENTRIES.values()}
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def _answer(entry: Entry) -> str:
 def _entry_row(name: str, reply: str, count: int) -> tuple[Cell, ...]:
     """The entry a decision named, else the one its reply line is; ``?`` for a reply the
     catalogue no longer has (an older log)."""
-    entry = ENTRIES.get(name) or _BY_REPLY.get(reply)
+    entry = ENTRIES.get(name) or by_reply(reply)
     return (entry.name, _answer(entry), count, reply) if entry else (
         name or "?", "?", count, reply)
 
