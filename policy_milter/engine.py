@@ -316,24 +316,28 @@ class Session:
 
     def _failed(self, check: Check, err: DependencyError) -> Decision | None:
         settings, where = self.policy.settings, self.policy.where
-        setting = settings.failure_setting(check.failure)
         action = settings.failure(check.failure)
-        self.log.dependency_failure(check.name, err.service, self.conn, self.txn, str(err),
-                                    action, where[setting])
+        tempfail = self._dependency(check.name, err, action,
+                                    where[settings.failure_setting(check.failure)])
         if action == "accept":
             self._mark(f"{check.name}: {err.service} failed")
             return None
-        return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=where[setting],
-                        check=check.name, detail=f"{err.service} failed: {err}")
+        return tempfail
 
     def _unreadable(self, err: TableError) -> Decision:
         """A table that cannot be read leaves nothing to judge the address by: accepting
         could relay or take mail for no one, refusing would bounce real mail, so it is a
         tempfail whatever failure_action says (as Postfix defers on a lookup error)."""
-        self.log.dependency_failure(TABLES, err.service, self.conn, self.txn, str(err),
-                                    "tempfail", err.where)
-        return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=err.where,
-                        check=TABLES, detail=f"{err.service} failed: {err}")
+        return self._dependency(TABLES, err, "tempfail", err.where)
+
+    def _dependency(self, check: str, err: DependencyError, action: str, rule: str
+                    ) -> Decision:
+        """Log a failed dependency with what ``action`` (set at ``rule``) makes of it;
+        the tempfail it answers unless that is accept."""
+        self.log.dependency_failure(check, err.service, self.conn, self.txn, str(err),
+                                    action, rule)
+        return Decision(Action.TEMPFAIL, catalogue.get(err.entry), rule=rule, check=check,
+                        detail=f"{err.service} failed: {err}")
 
     def _not_checked(self, check: Check, cause: str) -> Decision | None:
         reject = self.policy.settings.unscannable_action

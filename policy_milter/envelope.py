@@ -51,7 +51,7 @@ class Hop:
     @property
     def ours(self) -> bool:
         """Mail for it is handled here; an empty name never is."""
-        return self.entry is not None and self.entry.kind is not DomainKind.REMOTE
+        return self.entry is not None and self.entry.ours
 
     @property
     def local(self) -> bool:
@@ -103,7 +103,7 @@ class Resolved:
         """The first domain it routes to that is not handled here (its own, then those
         in its local part), or None.  A bare ``<postmaster>`` is ours; a literal is not."""
         own = self.address.domain
-        if own and (self.domain is None or self.domain.kind is DomainKind.REMOTE):
+        if own and (self.domain is None or not self.domain.ours):
             return own
         return next((hop.name or "(empty)" for hop in self.routes if not hop.ours), None)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 
+from .addresses import client_ip
 from .rules.lint import Finding, position, setting_at, size
 from .rules.policy import Policy
 from .rules.source import PERIOD_UNITS, Line
@@ -294,12 +295,9 @@ def postfix_form(milter: Endpoint, queue: str) -> str:
 
 
 def _host(text: str) -> str:
-    bare = text.strip().strip("[]").lower()
-    try:
-        ip = ip_address(bare)
-    except ValueError:
-        return bare
-    return str(getattr(ip, "ipv4_mapped", None) or ip)
+    """An address as the milter reads a client's (IPv4-mapped as IPv4), else the name."""
+    ip = client_ip(text)
+    return str(ip) if ip is not None else text.strip().strip("[]").lower()
 
 
 def _addresses(host: str) -> set[str]:

@@ -2,6 +2,7 @@
 embedded SQLite file and on Redis, as ratios to the in-memory store, in one run.
 
     .venv/bin/python contrib/bench/state_stores.py [--sessions 2000] [--repeats 5]
+                                                   [--accounts 100]
 
 The engine alone (no milter protocol) on the fixture rules plus a hundred accounts with
 period limits they never reach, taking turns (a window's cost grows with the records in
@@ -49,21 +50,18 @@ from tests.support.redis import RedisServer  # noqa: E402
 
 STORES = ("memory", "sqlite", "redis")
 WORKLOADS = ("limits", "greylist")
-ACCOUNTS = 100  # sessions take turns: each account's window holds a hundred records at most
-
-
-def rules(work: Path, workload: str) -> Path:
+def rules(work: Path, workload: str, accounts: int) -> Path:
     settings = {"greylist": "yes", "greylist_auto_allow": "0"} if workload == "greylist" else {}
     path = copy_rules(work / f"rules-{workload}", **settings)
-    with open(path / "accounts", "a") as accounts:
-        accounts.writelines(f"bench{i}@quota.example  login=bench{i}  limit_messages=1000000/1h "
-                            "limit_recipients=1000000/1h\n" for i in range(ACCOUNTS))
+    with open(path / "accounts", "a") as table:
+        table.writelines(f"bench{i}@quota.example  login=bench{i}  limit_messages=1000000/1h "
+                            "limit_recipients=1000000/1h\n" for i in range(accounts))
     return path
 
 
-def session(engine: Engine, i: int, workload: str) -> None:
+def session(engine: Engine, i: int, workload: str, accounts: int) -> None:
     s = engine.session()
-    login = f"bench{i % ACCOUNTS}" if workload == "limits" else ""
+    login = f"bench{i % accounts}" if workload == "limits" else ""
     s.connect(f"198.51.100.{i % 50 + 1}" if workload == "greylist" else "192.0.2.9",
               "mx.sender.example", "smtpd")
     s.helo("mx.sender.example", False)
@@ -78,10 +76,10 @@ def session(engine: Engine, i: int, workload: str) -> None:
     s.close()
 
 
-def run(engine: Engine, sessions: int, workload: str) -> float:
+def run(engine: Engine, sessions: int, workload: str, accounts: int) -> float:
     started = time.perf_counter()
     for i in range(sessions):
-        session(engine, i, workload)
+        session(engine, i, workload, accounts)
     return (time.perf_counter() - started) / sessions
 
 
@@ -89,6 +87,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--accounts", type=int, default=100,
+                        help="accounts taking turns: each window holds sessions / accounts "
+                             "records at most")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="state-bench-"))
@@ -102,7 +103,7 @@ def main() -> int:
                 "redis": lambda: RedisStore(Address.parse(redis_server.url),
                                             f"bench-{time.monotonic_ns()}:"),
             }
-            policies = {w: load(rules(work, w)) for w in WORKLOADS}
+            policies = {w: load(rules(work, w, args.accounts)) for w in WORKLOADS}
             engines = {(w, s): Engine(policies[w], Services(state=makers[s]()),
                                       log=DecisionLog(logger))
                        for w in WORKLOADS for s in STORES}
@@ -113,7 +114,7 @@ def main() -> int:
             best = {key: float("inf") for key in engines}
             for _ in range(args.repeats):  # interleaved, so drift hits all alike
                 for (w, s), engine in engines.items():
-                    best[w, s] = min(best[w, s], run(engine, args.sessions, w))
+                    best[w, s] = min(best[w, s], run(engine, args.sessions, w, args.accounts))
     finally:
         shutil.rmtree(work)
     print("| workload | store | us per session | ratio to memory |")

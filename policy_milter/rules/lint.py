@@ -342,7 +342,7 @@ def _ours(policy: Policy, domain: str) -> bool:
     if policy.tables.from_sql("domains"):
         return True
     entry = policy.tables.canonical_domain(domain)
-    return entry is not None and entry.kind is not DomainKind.REMOTE
+    return entry is not None and entry.ours
 
 
 class _Candidates:

@@ -53,6 +53,12 @@ class Domain:
         """Mail for it is delivered here (what a ``local-only`` account may send to)."""
         return self.kind in (DomainKind.LOCAL, DomainKind.LIST)
 
+    @property
+    def ours(self) -> bool:
+        """Mail for it is handled here (delivered, or relayed as its backup MX): what the
+        relay check lets anyone send to."""
+        return self.kind is not DomainKind.REMOTE
+
 
 @dataclass(frozen=True)
 class Account:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 from pathlib import Path
 from typing import Self
 
@@ -20,6 +19,7 @@ class RedisServer(Daemon):
     def __init__(self, workdir: Path, password: str = "") -> None:
         super().__init__(workdir)
         self.password = password
+        self._resuming = False
 
     @property
     def url(self) -> str:
@@ -50,13 +50,13 @@ class RedisServer(Daemon):
         self.stop()
 
     def resume(self) -> Self:
-        """Start again on the same port (start() would choose a new one)."""
+        """Start again on the same port (start() alone would choose a new one)."""
         assert self._proc is None and self.port
-        path = self.workdir / "redis-server.out"
-        with open(path, "ab") as out:
-            self._proc = subprocess.Popen(self._command("redis-server"), stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-        if not self._wait_ready():
-            raise RuntimeError(f"redis-server did not start again:\n{path.read_text()}")
-        return self
+        self._resuming = True
+        try:
+            return self.start()
+        finally:
+            self._resuming = False
+
+    def _port(self) -> int:
+        return self.port if self._resuming else super()._port()
